@@ -1,0 +1,196 @@
+"""The ``ovchat`` console script and the ``export_ir.py`` entry point.
+
+Errors the user can fix (:class:`OvchatError`, bad flags) become one line on stderr
+and exit code 2; ``--verbose`` shows the traceback and the libraries' logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from ovchat.errors import OvchatError
+from ovchat.paths import data_home
+
+EXIT_USAGE = 2
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line instead of usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _quiet_libraries() -> None:
+    """Hide the libraries' progress bars, warnings and info logs; ovchat reports its own steps."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "optimum", "nncf", "huggingface_hub", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def run_guarded(action: Callable[[], int], verbose: bool, prog: str) -> int:
+    """Run ``action``; turn user errors into one stderr line and a non-zero exit."""
+    if not verbose:
+        _quiet_libraries()
+    try:
+        return action()
+    except OvchatError as error:
+        if verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+@contextlib.contextmanager
+def library_output_to_log(enabled: bool, name: str) -> Iterator[tuple[TextIO, Path | None]]:
+    """Send everything the libraries print (Python and C++ alike) to a log file.
+
+    Yields a stream on the real stderr for ovchat's own progress, and the log's path.
+    The exporters print progress bars, tables and warnings from several layers, some
+    from C++, so redirecting the file descriptors is the only way to keep the terminal clean.
+    """
+    if not enabled:
+        yield sys.stderr, None
+        return
+    log_dir = data_home() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    user_stream = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8")
+    with log_path.open("ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield user_stream, log_path
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            user_stream.close()
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from ovchat.export import DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
+
+    parser.add_argument(
+        "source",
+        nargs="?",
+        help="a .gguf file, a Hugging Face checkpoint folder or a hub id (default: SmolLM2-135M-Instruct)",
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, help="output folder (default: $OVCHAT_HOME/models/<name>-<format>)"
+    )
+    parser.add_argument(
+        "--weight-format", choices=WEIGHT_FORMATS, default=DEFAULT_WEIGHT_FORMAT,
+        help=f"weight precision of the IR (default: {DEFAULT_WEIGHT_FORMAT})",
+    )
+    parser.add_argument("--group-size", type=int, help="int4 only: weights per quantization group, -1 per channel")
+    parser.add_argument("--ratio", type=float, help="int4 only: share of layers in int4, the rest int8")
+    parser.add_argument("--sym", action="store_true", help="int8/int4: symmetric quantization")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code to run"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ovchat.export import ExportOptions, export_model
+
+    options = ExportOptions(
+        weight_format=args.weight_format,
+        group_size=args.group_size,
+        ratio=args.ratio,
+        sym=args.sym,
+        trust_remote_code=args.trust_remote_code,
+    )
+    with library_output_to_log(not args.verbose, "export") as (user_stream, log_path):
+        console = Console(file=user_stream, highlight=False)
+        status = console.status("starting")
+
+        def progress(step: str, event: str, seconds: float | None) -> None:
+            if event == "start":
+                status.update(f"{step} ...")
+            else:
+                console.print(f"  [green]✓[/green] {step:<9} {seconds:6.1f} s")
+
+        console.print(f"Exporting {args.source or 'the default model'} to {args.weight_format}")
+        try:
+            with status:
+                result = export_model(args.source, args.output, options, force=args.force, progress=progress)
+        except Exception as error:
+            if log_path and not isinstance(error, OvchatError):
+                summary = (str(error).strip().splitlines() or [""])[0]
+                raise OvchatError(
+                    f"export failed: {type(error).__name__}: {summary} "
+                    f"(library output in {log_path}; --verbose shows the traceback)"
+                ) from error
+            raise
+        manifest = result.manifest
+        size_mb = manifest["sizes"]["folder_bytes"] / 1e6
+        console.print(
+            f"Done in {manifest['export_seconds']:.1f} s: {result.path} ({size_mb:.0f} MB, "
+            f"peak memory {manifest['peak_rss_mb']:.0f} MB)"
+        )
+        console.print(f"Smoke reply: {manifest['smoke']['reply']!r}")
+    print(result.path)
+    return 0
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``export_ir.py``: convert a checkpoint or GGUF file to an OpenVINO IR folder."""
+    parser = OneLineArgumentParser(
+        prog="export_ir.py",
+        description="Convert a Hugging Face checkpoint or GGUF file to an OpenVINO IR folder for ovchat.",
+    )
+    add_export_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_guarded(lambda: run_export(args), args.verbose, parser.prog)
+
+
+def build_parser() -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(prog="ovchat", description="Local LLM chat on OpenVINO.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
+    export = commands.add_parser("export", help="export a model to an OpenVINO IR folder (as export_ir.py)")
+    add_export_arguments(export)
+    export.set_defaults(handler=run_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_guarded(lambda: args.handler(args), getattr(args, "verbose", False), parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

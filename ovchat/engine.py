@@ -1,0 +1,286 @@
+"""The inference engine: an exported IR folder, streamed replies, cancel and metrics.
+
+Everything that generates text (the page, the terminal chat, the smoke check of an
+export, the benchmarks) goes through :meth:`Engine.stream`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ovchat.chat import Message, render_prompt
+from ovchat.errors import OvchatError
+from ovchat.paths import cache_dir
+from ovchat.settings import GenerationSettings
+from ovchat.sources import IR_BIN, IR_XML
+
+# f32 inference: bf16, which the CPU plugin picks on AVX-512-BF16 CPUs, decoded slower on
+# the Zen 4 machines this was measured on, and f32 matches PyTorch's greedy tokens.
+DEFAULT_CPU_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}
+# How long the consumer waits for the worker before checking whether it is still alive.
+_POLL_SECONDS = 0.1
+
+FINISH_REASONS = ("eos", "length", "stop", "cancelled")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a streamed reply. The last chunk has ``finish_reason`` and the counts."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_s: float | None = None
+    decode_tok_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float | None
+    decode_tok_s: float | None
+
+
+def missing_ir_files(path: Path) -> list[str]:
+    required = (IR_XML, IR_BIN, "config.json", "tokenizer_config.json")
+    return [name for name in required if not (path / name).is_file()]
+
+
+class _CountingStreamer:
+    """Wraps a TextIteratorStreamer to count tokens and time the first one."""
+
+    def __init__(self, streamer: Any) -> None:
+        self.inner = streamer
+        self.token_ids: list[int] = []
+        self.first_token_at: float | None = None
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if self._prompt_seen:
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            self.token_ids.extend(value.reshape(-1).tolist())
+        self._prompt_seen = True
+        self.inner.put(value)
+
+    def end(self) -> None:
+        self.inner.end()
+
+
+class Engine:
+    """One loaded model. Replies are serialized: the stateful IR has one KV cache.
+
+    Several threads may call :meth:`stream` at once; each reply waits for the previous
+    one to finish, so tokens of two replies never mix.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, path: Path, device: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.path = path
+        self.device = device
+        self._lock = threading.Lock()
+        generation = model.generation_config
+        eos = generation.eos_token_id
+        self.eos_token_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "CPU",
+        ov_config: dict[str, str] | None = None,
+        use_cache_dir: bool = True,
+    ) -> Engine:
+        """Load an IR folder made by ``export_ir.py``."""
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise OvchatError(f"model folder {folder} does not exist; export one with export_ir.py")
+        missing = missing_ir_files(folder)
+        if missing:
+            raise OvchatError(f"{folder} is not an exported model: missing {', '.join(missing)}")
+        from optimum.intel import OVModelForCausalLM
+        from transformers import AutoTokenizer
+
+        config = dict(DEFAULT_CPU_CONFIG) if device.upper() == "CPU" else {"PERFORMANCE_HINT": "LATENCY"}
+        if use_cache_dir:
+            cache = cache_dir()
+            cache.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache)
+        config.update(ov_config or {})
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = OVModelForCausalLM.from_pretrained(folder, device=device, ov_config=config)
+        except Exception as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise OvchatError(f"could not load {folder}: {first_line}") from error
+        return cls(model, tokenizer, folder, device)
+
+    def encode(self, messages: list[Message]) -> list[int]:
+        prompt = render_prompt(self.tokenizer, messages)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def stream(
+        self,
+        messages: list[Message],
+        settings: GenerationSettings | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Chunk]:
+        """Stream the assistant's reply to ``messages`` as text chunks, then a final chunk.
+
+        ``cancel`` (set from any thread) stops generation after the current token; the
+        final chunk then says ``cancelled`` and the text so far has been yielded.
+        An error in the worker thread is re-raised here.
+        """
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        settings = settings or GenerationSettings()
+        # halt ends this reply (a stop string, or the consumer leaving); cancel is the caller's.
+        halt = threading.Event()
+        prompt_ids = self.encode(messages)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        counting = _CountingStreamer(streamer)
+        failure: list[BaseException] = []
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                stop_now = halt.is_set() or (cancel is not None and cancel.is_set())
+                return torch.full((input_ids.shape[0],), stop_now, dtype=torch.bool)
+
+        def work() -> None:
+            try:
+                with self._lock:
+                    if settings.seed is not None:
+                        torch.manual_seed(settings.seed)
+                    self.model.generate(
+                        input_ids=torch.tensor([prompt_ids]),
+                        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                        streamer=counting,
+                        stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                        **settings.to_generate_kwargs(),
+                    )
+            except BaseException as error:  # handed to the consumer, never lost in the thread
+                failure.append(error)
+                streamer.end()
+
+        started = time.perf_counter()
+        worker = threading.Thread(target=work, name="ovchat-generate", daemon=True)
+        worker.start()
+        stop_cut = _StopCutter(settings.stop)
+        finish: str | None = None
+        try:
+            while True:
+                try:
+                    piece = streamer.text_queue.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    if not worker.is_alive() and streamer.text_queue.empty():
+                        break
+                    continue
+                if piece is streamer.stop_signal:
+                    break
+                visible, stopped = stop_cut.feed(piece)
+                if visible:
+                    yield Chunk(text=visible)
+                if stopped:
+                    finish = "stop"
+                    halt.set()
+                    break
+            worker.join()
+            if failure:
+                raise failure[0]
+            if finish is None:
+                tail = stop_cut.flush()
+                if tail:
+                    yield Chunk(text=tail)
+        finally:
+            # Also reached when the consumer stops iterating: end the worker and free the lock.
+            halt.set()
+            worker.join()
+        new_ids = counting.token_ids
+        if finish is None:
+            if new_ids and new_ids[-1] in self.eos_token_ids:
+                finish = "eos"
+            elif len(new_ids) >= settings.max_new_tokens:
+                finish = "length"
+            else:
+                finish = "cancelled"
+        ttft = counting.first_token_at - started if counting.first_token_at is not None else None
+        decode_seconds = time.perf_counter() - counting.first_token_at if counting.first_token_at else 0.0
+        decode_rate = (len(new_ids) - 1) / decode_seconds if len(new_ids) > 1 and decode_seconds > 0 else None
+        yield Chunk(
+            finish_reason=finish,
+            prompt_tokens=len(prompt_ids),
+            new_tokens=len(new_ids),
+            ttft_s=ttft,
+            decode_tok_s=decode_rate,
+        )
+
+    def generate(
+        self,
+        messages: list[Message],
+        settings: GenerationSettings | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Reply:
+        """The whole reply at once: a join over :meth:`stream`."""
+        parts: list[str] = []
+        for chunk in self.stream(messages, settings, cancel):
+            if chunk.finish_reason is None:
+                parts.append(chunk.text)
+            else:
+                return Reply(
+                    text="".join(parts),
+                    finish_reason=chunk.finish_reason,
+                    prompt_tokens=chunk.prompt_tokens,
+                    new_tokens=chunk.new_tokens,
+                    ttft_s=chunk.ttft_s,
+                    decode_tok_s=chunk.decode_tok_s,
+                )
+        raise AssertionError("stream ended without a final chunk")  # stream always yields one
+
+
+class _StopCutter:
+    """Holds back text that may be the start of a stop string, so a stop string is never shown."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        self.pending += text
+        if not self.stops:
+            return self._release(len(self.pending)), False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            visible = self.pending[: min(hits)]
+            self.pending = ""
+            return visible, True
+        keep = max((_overlap(self.pending, s) for s in self.stops), default=0)
+        return self._release(len(self.pending) - keep), False
+
+    def flush(self) -> str:
+        return self._release(len(self.pending))
+
+    def _release(self, upto: int) -> str:
+        # A reply cut at max_new_tokens may end inside a multi-byte character, which the
+        # tokenizer decodes as U+FFFD; it is never shown.
+        visible, self.pending = self.pending[:upto], self.pending[upto:]
+        return visible.replace("\ufffd", "")
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``stop``."""
+    for size in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:size]):
+            return size
+    return 0

@@ -1,0 +1,390 @@
+"""Export a model once: checkpoint or GGUF -> stateful OpenVINO IR with tokenizers and a manifest.
+
+The steps (load, convert, compress, save, check) run in a staging folder beside the
+output, which is renamed into place only after the check passed, so a failure or an
+interrupt never leaves a half-written model where the chat would pick it up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ovchat import __version__
+from ovchat.errors import OvchatError
+from ovchat.paths import models_dir
+from ovchat.sources import IR_BIN, IR_XML, ModelSource, SourceKind, resolve_source, sha256_file
+
+WEIGHT_FORMATS = ("fp16", "int8", "int4")
+DEFAULT_WEIGHT_FORMAT = "int8"
+# optimum-cli's defaults for int4 weight compression.
+DEFAULT_INT4_GROUP_SIZE = 128
+DEFAULT_INT4_RATIO = 1.0
+MANIFEST = "ovchat.json"
+TASK = "text-generation-with-past"
+
+# Tokens that end an assistant turn in common chat templates. The hub's generation
+# configs do not always list them, and a model that never emits its configured eos
+# chats on into the next turn.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+
+# Text for the tokenizer parity check: scripts, emoji, code and whitespace.
+TOKENIZER_PROBES = (
+    "Hello, world! How are you today?",
+    "数学是被发明还是被发现的？",
+    "日本語のテキストと emoji 😀👍🏽🇫🇷",
+    'def add(a, b):\n    return a + b  # "sum"\n',
+    "  leading and   inner   spaces\t\ttabs\n\n\nnewlines  ",
+)
+
+ProgressCallback = Callable[[str, str, float | None], None]
+"""Called as ``(step, "start", None)`` and ``(step, "done", seconds)`` for each step."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Weight format and its compression parameters, validated on creation."""
+
+    weight_format: str = DEFAULT_WEIGHT_FORMAT
+    group_size: int | None = None  # int4 only; -1 means per channel
+    ratio: float | None = None  # int4 only: share of layers in int4, the rest in int8
+    sym: bool = False  # int8/int4: symmetric quantization
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise OvchatError(
+                f"weight format must be one of {', '.join(WEIGHT_FORMATS)}, not {self.weight_format!r}"
+            )
+        if self.weight_format != "int4":
+            if self.group_size is not None:
+                raise OvchatError("--group-size applies only to --weight-format int4")
+            if self.ratio is not None:
+                raise OvchatError("--ratio applies only to --weight-format int4")
+        if self.weight_format == "fp16" and self.sym:
+            raise OvchatError("--sym applies only to int8 and int4 weights")
+        if self.group_size is not None and not (self.group_size == -1 or self.group_size > 0):
+            raise OvchatError(f"--group-size must be a positive integer or -1, not {self.group_size}")
+        if self.ratio is not None and not (0.0 < self.ratio <= 1.0):
+            raise OvchatError(f"--ratio must be in (0, 1], not {self.ratio}")
+
+    def quantization_config(self) -> dict[str, Any] | None:
+        """The weight-compression config as optimum-intel's CLI builds it; None for fp16."""
+        if self.weight_format == "fp16":
+            return None
+        if self.weight_format == "int8":
+            return {"bits": 8, "sym": self.sym, "group_size": -1, "ratio": 1.0}
+        return {
+            "bits": 4,
+            "sym": self.sym,
+            "group_size": self.group_size if self.group_size is not None else DEFAULT_INT4_GROUP_SIZE,
+            "ratio": self.ratio if self.ratio is not None else DEFAULT_INT4_RATIO,
+            # Layers whose width the group size does not divide (SmolLM2's 576, a tiny
+            # test model's 64 with the default 128) get the nearest group size that fits.
+            "group_size_fallback": "adjust",
+        }
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def default_output(source: ModelSource, weight_format: str) -> Path:
+    return models_dir() / f"{source.name}-{weight_format}"
+
+
+def _package_versions() -> dict[str, str]:
+    names = ("openvino", "openvino-tokenizers", "optimum-intel", "optimum", "nncf", "transformers", "torch")
+    versions = {"ovchat": __version__}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux: the process's high-water mark, children excluded.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class _Steps:
+    """Times each step and reports it to the progress callback."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        if self.progress:
+            self.progress(name, "start", None)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        if self.progress:
+            self.progress(name, "done", self.seconds[name])
+
+
+def end_of_turn_token_ids(tokenizer: Any, configured: int | list[int] | None) -> list[int]:
+    """The configured eos ids plus the end-of-turn tokens the chat template actually uses."""
+    ids: set[int] = set()
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    vocab = tokenizer.get_vocab()
+    for token in END_OF_TURN_TOKENS:
+        if token in template and token in vocab:
+            ids.add(int(vocab[token]))
+    return sorted(ids)
+
+
+def _prepare_checkpoint(source: ModelSource, staging: Path, options: ExportOptions) -> tuple[Path, dict]:
+    """A local transformers checkpoint folder for ``source``, and facts for the manifest."""
+    facts: dict[str, Any] = {}
+    if source.kind is SourceKind.GGUF:
+        from ovchat.gguf_import import gguf_to_checkpoint
+
+        digest = sha256_file(source.path)
+        if source.expected_sha256 and digest != source.expected_sha256:
+            raise OvchatError(
+                f"{source.path} has sha256 {digest}, expected {source.expected_sha256}; reinstall it"
+            )
+        facts["source_sha256"] = digest
+        checkpoint = staging / "_checkpoint"
+        info = gguf_to_checkpoint(source.path, checkpoint)
+        facts["gguf"] = {
+            "architecture": info.architecture,
+            "tensor_types": sorted(info.tensor_types),
+            **{k: v for k, v in info.metadata.items() if isinstance(v, str | int | list)},
+        }
+        return checkpoint, facts
+    if source.kind is SourceKind.HUB:
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = snapshot_download(source.location)
+        except Exception as error:
+            raise OvchatError(
+                f"could not download {source.location} from the Hugging Face hub: {type(error).__name__}"
+            ) from error
+        return Path(path), facts
+    return source.path, facts
+
+
+def _check_loadable(checkpoint: Path, options: ExportOptions) -> Any:
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        AutoConfig.from_pretrained(checkpoint, trust_remote_code=options.trust_remote_code)
+    except Exception as error:
+        raise OvchatError(f"{checkpoint} is not a loadable checkpoint: {error}".splitlines()[0]) from error
+    try:
+        return AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=options.trust_remote_code)
+    except Exception as error:
+        raise OvchatError(f"{checkpoint} has no usable tokenizer: {error}".splitlines()[0]) from error
+
+
+def _convert(checkpoint: Path, ir_dir: Path, options: ExportOptions) -> None:
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig
+
+    # As optimum-cli does: fp16 is applied while saving; for int8/int4 the IR is written
+    # uncompressed here and compressed by _compress. Passing the quantization config also
+    # keeps main_export from int8-compressing models over 1B parameters on its own.
+    qconfig = options.quantization_config()
+    ov_config = OVConfig(dtype="fp16") if qconfig is None else OVConfig(quantization_config=qconfig)
+    try:
+        main_export(
+            model_name_or_path=str(checkpoint),
+            output=ir_dir,
+            task=TASK,
+            trust_remote_code=options.trust_remote_code,
+            ov_config=ov_config,
+            stateful=True,
+            convert_tokenizer=True,
+            library_name="transformers",
+        )
+    except (ValueError, KeyError, NotImplementedError) as error:
+        # optimum raises these for architectures it cannot export.
+        raise OvchatError(f"OpenVINO export failed: {error}".splitlines()[0]) from error
+
+
+def _compress(checkpoint: Path, ir_dir: Path, options: ExportOptions) -> None:
+    # _main_quantize is what optimum-cli runs after main_export; it compresses the IR in
+    # place with NNCF. It is private API, hence the pinned optimum-intel version.
+    from optimum.exporters.openvino.__main__ import _main_quantize
+
+    _main_quantize(
+        model_name_or_path=str(checkpoint),
+        task=TASK,
+        library_name="transformers",
+        quantization_config=options.quantization_config(),
+        output=ir_dir,
+        cache_dir=str(ir_dir / ".hf-cache"),
+        trust_remote_code=options.trust_remote_code,
+    )
+    shutil.rmtree(ir_dir / ".hf-cache", ignore_errors=True)
+
+
+def _write_tokenizer_and_generation_config(checkpoint: Path, ir_dir: Path, tokenizer: Any) -> list[int]:
+    from transformers import GenerationConfig
+
+    tokenizer.save_pretrained(ir_dir)
+    try:
+        generation = GenerationConfig.from_pretrained(checkpoint)
+    except OSError:
+        generation = GenerationConfig()
+    eos_ids = end_of_turn_token_ids(tokenizer, generation.eos_token_id)
+    if eos_ids:
+        generation.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
+    if generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    generation.save_pretrained(ir_dir)
+    return eos_ids
+
+
+def check_tokenizer_parity(ir_dir: Path, tokenizer: Any) -> None:
+    """The OpenVINO tokenizer must give the same ids as the Hugging Face one."""
+    import openvino as ov
+    import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations)
+
+    path = ir_dir / "openvino_tokenizer.xml"
+    if not path.is_file():
+        raise OvchatError("export produced no OpenVINO tokenizer (openvino_tokenizer.xml)")
+    compiled = ov.Core().compile_model(path, "CPU")
+    for text in TOKENIZER_PROBES:
+        ov_ids = compiled([text])["input_ids"][0].tolist()
+        hf_ids = tokenizer(text)["input_ids"]
+        if ov_ids != hf_ids:
+            raise OvchatError(f"OpenVINO tokenizer disagrees with the Hugging Face tokenizer on {text!r}")
+
+
+def smoke_reply(ir_dir: Path) -> dict[str, Any]:
+    """A short greedy chat reply from the IR, proving it loads and answers."""
+    from ovchat.engine import Engine
+    from ovchat.settings import GenerationSettings
+
+    engine = Engine.load(ir_dir, use_cache_dir=False)
+    reply = engine.generate(
+        [{"role": "user", "content": "Say hello in one short sentence."}],
+        GenerationSettings(max_new_tokens=24, temperature=0.0),
+    )
+    if reply.new_tokens < 1:
+        raise OvchatError("the exported model generated no tokens in the smoke test")
+    return {"prompt": "Say hello in one short sentence.", "reply": reply.text,
+            "new_tokens": reply.new_tokens, "finish_reason": reply.finish_reason}
+
+
+def _move_into_place(staging: Path, output: Path, force: bool) -> None:
+    if not output.exists():
+        staging.rename(output)
+        return
+    if not force:
+        raise OvchatError(f"{output} already exists; pass --force to replace it")
+    # Keep the old export until the new one is in place.
+    backup = output.with_name(f".{output.name}.old-{os.getpid()}")
+    output.rename(backup)
+    try:
+        staging.rename(output)
+    except BaseException:
+        backup.rename(output)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def export_model(
+    source: str | ModelSource | None = None,
+    output: str | Path | None = None,
+    options: ExportOptions | None = None,
+    *,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+) -> ExportResult:
+    """Export ``source`` (default model when None) to an IR folder and return where it went."""
+    options = options or ExportOptions()
+    resolved = source if isinstance(source, ModelSource) else resolve_source(source)
+    if resolved.kind is SourceKind.IR:
+        raise OvchatError(f"{resolved.location} is already an OpenVINO IR folder; nothing to export")
+    target = Path(output).expanduser().resolve() if output else default_output(resolved, options.weight_format)
+    if target.exists() and not force:
+        raise OvchatError(f"{target} already exists; pass --force to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    steps = _Steps(progress)
+    started = time.perf_counter()
+    try:
+        with steps.step("load"):
+            checkpoint, facts = _prepare_checkpoint(resolved, staging, options)
+            tokenizer = _check_loadable(checkpoint, options)
+        ir_dir = staging / "ir"
+        with steps.step("convert"):
+            _convert(checkpoint, ir_dir, options)
+        if options.weight_format != "fp16":
+            with steps.step("compress"):
+                _compress(checkpoint, ir_dir, options)
+        with steps.step("save"):
+            eos_ids = _write_tokenizer_and_generation_config(checkpoint, ir_dir, tokenizer)
+            shutil.rmtree(staging / "_checkpoint", ignore_errors=True)
+        with steps.step("check"):
+            for name in (IR_XML, IR_BIN, "openvino_detokenizer.xml", "tokenizer_config.json"):
+                if not (ir_dir / name).is_file():
+                    raise OvchatError(f"export produced no {name}")
+            check_tokenizer_parity(ir_dir, tokenizer)
+            smoke = smoke_reply(ir_dir)
+        manifest = {
+            "ovchat_manifest": 1,
+            "name": resolved.name,
+            "source": {"kind": resolved.kind.value, "location": resolved.location, **facts},
+            "weight_format": options.weight_format,
+            "quantization": options.quantization_config(),
+            "task": TASK,
+            "eos_token_ids": eos_ids,
+            "has_chat_template": bool(getattr(tokenizer, "chat_template", None)),
+            "sizes": {
+                "ir_bin_bytes": (ir_dir / IR_BIN).stat().st_size,
+                "folder_bytes": _folder_bytes(ir_dir),
+            },
+            "step_seconds": steps.seconds,
+            "export_seconds": round(time.perf_counter() - started, 2),
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "smoke": smoke,
+            "versions": _package_versions(),
+            "options": asdict(options),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        (ir_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        _move_into_place(ir_dir, target, force)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(target, manifest)
+
+
+def read_manifest(ir_dir: Path) -> dict[str, Any] | None:
+    path = ir_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

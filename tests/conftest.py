@@ -1,0 +1,112 @@
+"""Shared fixtures: a temp data folder for every test, a tiny random model, the real default model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ovchat.paths import HOME_ENV
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+TINY_CORPUS = [
+    "Hello there! How are you today? I am fine, thank you.",
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+    "def add(a, b):\n    return a + b\n",
+    "数学是被发明还是被发现的？ 日本語 😀",
+    "OpenVINO runs large language models on Intel CPUs and GPUs.",
+] * 20
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test writes its data (models, cache, logs) under its own temp folder."""
+    home = tmp_path / "ovchat-home"
+    monkeypatch.setenv(HOME_ENV, str(home))
+    return home
+
+
+def build_tiny_checkpoint(folder: Path) -> Path:
+    """A random 2-layer Llama with a 400-token byte-level BPE and a ChatML template; no download."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(TINY_CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_irs(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model exported once per session in each weight format."""
+    from ovchat.export import WEIGHT_FORMATS, ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("tiny-irs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(HOME_ENV, str(root / "home"))
+        return {
+            fmt: export_model(str(tiny_checkpoint), root / fmt, ExportOptions(weight_format=fmt)).path
+            for fmt in WEIGHT_FORMATS
+        }
+
+
+@pytest.fixture(scope="session")
+def default_model_ir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The real default model (SmolLM2-135M-Instruct from its GGUF), exported once to int8."""
+    from ovchat.export import export_model
+
+    root = tmp_path_factory.mktemp("default-model")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(HOME_ENV, str(root / "home"))
+        yield export_model(None, root / "SmolLM2-135M-Instruct-int8").path
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
