@@ -108,7 +108,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "-o", "--output", type=Path, help="output folder (default: $OVCHAT_HOME/models/<name>-<format>)"
     )
     parser.add_argument(
-        "--weight-format", choices=WEIGHT_FORMATS, default=DEFAULT_WEIGHT_FORMAT,
+        "--weight-format",
+        choices=WEIGHT_FORMATS,
+        default=DEFAULT_WEIGHT_FORMAT,
         help=f"weight precision of the IR (default: {DEFAULT_WEIGHT_FORMAT})",
     )
     parser.add_argument("--group-size", type=int, help="int4 only: weights per quantization group, -1 per channel")
@@ -124,7 +126,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ovchat.export import ExportOptions, export_model
+    from ovchat.export import ExportOptions, export_model, plan_export
 
     options = ExportOptions(
         weight_format=args.weight_format,
@@ -133,6 +135,7 @@ def run_export(args: argparse.Namespace) -> int:
         sym=args.sym,
         trust_remote_code=args.trust_remote_code,
     )
+    source, output = plan_export(args.source, args.output, options, force=args.force)
     with library_output_to_log(not args.verbose, "export") as (user_stream, log_path):
         console = Console(file=user_stream, highlight=False)
         status = console.status("starting")
@@ -143,10 +146,10 @@ def run_export(args: argparse.Namespace) -> int:
             else:
                 console.print(f"  [green]✓[/green] {step:<9} {seconds:6.1f} s")
 
-        console.print(f"Exporting {args.source or 'the default model'} to {args.weight_format}")
+        console.print(f"Exporting {source.name} ({source.kind.value}) to {args.weight_format}: {output}")
         try:
             with status:
-                result = export_model(args.source, args.output, options, force=args.force, progress=progress)
+                result = export_model(source, output, options, force=args.force, progress=progress)
         except Exception as error:
             if log_path and not isinstance(error, OvchatError):
                 summary = (str(error).strip().splitlines() or [""])[0]
@@ -177,12 +180,28 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     return run_guarded(lambda: run_export(args), args.verbose, parser.prog)
 
 
+def run_prepare(args: argparse.Namespace) -> int:
+    """Export the default model unless it is already there; print its folder."""
+    from ovchat.export import DEFAULT_WEIGHT_FORMAT, default_output
+    from ovchat.sources import is_ir_folder, resolve_source
+
+    target = default_output(resolve_source(None), DEFAULT_WEIGHT_FORMAT)
+    if is_ir_folder(target):
+        print(target)
+        return 0
+    export_args = build_parser().parse_args(["export", *(["--verbose"] if args.verbose else [])])
+    return run_export(export_args)
+
+
 def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="ovchat", description="Local LLM chat on OpenVINO.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
     export = commands.add_parser("export", help="export a model to an OpenVINO IR folder (as export_ir.py)")
     add_export_arguments(export)
     export.set_defaults(handler=run_export)
+    prepare = commands.add_parser("prepare", help="export the default model unless it is already exported")
+    prepare.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
+    prepare.set_defaults(handler=run_prepare)
     return parser
 
 

@@ -64,9 +64,7 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         if self.weight_format not in WEIGHT_FORMATS:
-            raise OvchatError(
-                f"weight format must be one of {', '.join(WEIGHT_FORMATS)}, not {self.weight_format!r}"
-            )
+            raise OvchatError(f"weight format must be one of {', '.join(WEIGHT_FORMATS)}, not {self.weight_format!r}")
         if self.weight_format != "int4":
             if self.group_size is not None:
                 raise OvchatError("--group-size applies only to --weight-format int4")
@@ -167,9 +165,7 @@ def _prepare_checkpoint(source: ModelSource, staging: Path, options: ExportOptio
 
         digest = sha256_file(source.path)
         if source.expected_sha256 and digest != source.expected_sha256:
-            raise OvchatError(
-                f"{source.path} has sha256 {digest}, expected {source.expected_sha256}; reinstall it"
-            )
+            raise OvchatError(f"{source.path} has sha256 {digest}, expected {source.expected_sha256}; reinstall it")
         facts["source_sha256"] = digest
         checkpoint = staging / "_checkpoint"
         info = gguf_to_checkpoint(source.path, checkpoint)
@@ -292,8 +288,12 @@ def smoke_reply(ir_dir: Path) -> dict[str, Any]:
     )
     if reply.new_tokens < 1:
         raise OvchatError("the exported model generated no tokens in the smoke test")
-    return {"prompt": "Say hello in one short sentence.", "reply": reply.text,
-            "new_tokens": reply.new_tokens, "finish_reason": reply.finish_reason}
+    return {
+        "prompt": "Say hello in one short sentence.",
+        "reply": reply.text,
+        "new_tokens": reply.new_tokens,
+        "finish_reason": reply.finish_reason,
+    }
 
 
 def _move_into_place(staging: Path, output: Path, force: bool) -> None:
@@ -313,6 +313,27 @@ def _move_into_place(staging: Path, output: Path, force: bool) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def plan_export(
+    source: str | ModelSource | None,
+    output: str | Path | None,
+    options: ExportOptions,
+    *,
+    force: bool = False,
+) -> tuple[ModelSource, Path]:
+    """Check what can be checked in a second (source, GGUF header, output) before the slow work."""
+    resolved = source if isinstance(source, ModelSource) else resolve_source(source)
+    if resolved.kind is SourceKind.IR:
+        raise OvchatError(f"{resolved.location} is already an OpenVINO IR folder; nothing to export")
+    if resolved.kind is SourceKind.GGUF:
+        from ovchat.gguf_import import inspect_gguf
+
+        inspect_gguf(resolved.path)
+    target = Path(output).expanduser().resolve() if output else default_output(resolved, options.weight_format)
+    if target.exists() and not force:
+        raise OvchatError(f"{target} already exists; pass --force to replace it")
+    return resolved, target
+
+
 def export_model(
     source: str | ModelSource | None = None,
     output: str | Path | None = None,
@@ -323,12 +344,7 @@ def export_model(
 ) -> ExportResult:
     """Export ``source`` (default model when None) to an IR folder and return where it went."""
     options = options or ExportOptions()
-    resolved = source if isinstance(source, ModelSource) else resolve_source(source)
-    if resolved.kind is SourceKind.IR:
-        raise OvchatError(f"{resolved.location} is already an OpenVINO IR folder; nothing to export")
-    target = Path(output).expanduser().resolve() if output else default_output(resolved, options.weight_format)
-    if target.exists() and not force:
-        raise OvchatError(f"{target} already exists; pass --force to replace it")
+    resolved, target = plan_export(source, output, options, force=force)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     steps = _Steps(progress)

@@ -41,8 +41,7 @@ def inspect_gguf(path: Path) -> GgufInfo:
     if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
         supported = ", ".join(sorted(GGUF_SUPPORTED_ARCHITECTURES))
         raise OvchatError(
-            f"{path.name}: GGUF architecture '{architecture or 'unknown'}' is not supported "
-            f"(supported: {supported})"
+            f"{path.name}: GGUF architecture '{architecture or 'unknown'}' is not supported (supported: {supported})"
         )
     dequantizable = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, *_type_traits}
     types = {tensor.tensor_type for tensor in reader.tensors}

@@ -24,16 +24,24 @@ class GenerationSettings:
         # Accept a list from JSON or a form, keep a tuple so the object stays hashable.
         object.__setattr__(self, "stop", tuple(self.stop))
         checks = (
-            (isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 32768,
-             f"max_new_tokens must be an integer in [1, 32768], not {self.max_new_tokens!r}"),
+            (
+                isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 32768,
+                f"max_new_tokens must be an integer in [1, 32768], not {self.max_new_tokens!r}",
+            ),
             (0.0 <= self.temperature <= 5.0, f"temperature must be in [0, 5], not {self.temperature!r}"),
             (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], not {self.top_p!r}"),
-            (isinstance(self.top_k, int) and 0 <= self.top_k <= 10000,
-             f"top_k must be an integer in [0, 10000], not {self.top_k!r}"),
-            (0.5 <= self.repetition_penalty <= 3.0,
-             f"repetition_penalty must be in [0.5, 3], not {self.repetition_penalty!r}"),
-            (self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**32),
-             f"seed must be an integer in [0, 2^32) or empty, not {self.seed!r}"),
+            (
+                isinstance(self.top_k, int) and 0 <= self.top_k <= 10000,
+                f"top_k must be an integer in [0, 10000], not {self.top_k!r}",
+            ),
+            (
+                0.5 <= self.repetition_penalty <= 3.0,
+                f"repetition_penalty must be in [0.5, 3], not {self.repetition_penalty!r}",
+            ),
+            (
+                self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**32),
+                f"seed must be an integer in [0, 2^32) or empty, not {self.seed!r}",
+            ),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty text"),
         )
         for ok, message in checks:

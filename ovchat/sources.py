@@ -6,7 +6,7 @@ import hashlib
 import importlib.util
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from ovchat.errors import OvchatError
@@ -26,7 +26,7 @@ IR_BIN = "openvino_model.bin"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class SourceKind(str, Enum):
+class SourceKind(StrEnum):
     GGUF = "gguf"
     CHECKPOINT = "checkpoint"
     HUB = "hub"
@@ -99,8 +99,7 @@ def resolve_source(spec: str | None) -> ModelSource:
         if (path / "config.json").is_file():
             return ModelSource(SourceKind.CHECKPOINT, str(path), path.name)
         raise OvchatError(
-            f"{spec} is neither a Hugging Face checkpoint (no config.json) nor an OpenVINO IR folder "
-            f"(no {IR_XML})"
+            f"{spec} is neither a Hugging Face checkpoint (no config.json) nor an OpenVINO IR folder (no {IR_XML})"
         )
     if _HUB_ID.match(spec) and not _looks_like_path(spec):
         return ModelSource(SourceKind.HUB, spec, spec.rsplit("/", 1)[-1])

