@@ -49,8 +49,12 @@ run_tests() {
     exit "$status"
 }
 
-command=${1:-chat}
-[ $# -gt 0 ] && shift
+# Options without a command (./run.sh --server.port 8600) go to the chat.
+command=chat
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    command=$1
+    shift
+fi
 case "$command" in
     chat)
         setup
