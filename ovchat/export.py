@@ -157,7 +157,7 @@ def end_of_turn_token_ids(tokenizer: Any, configured: int | list[int] | None) ->
     return sorted(ids)
 
 
-def _prepare_checkpoint(source: ModelSource, staging: Path, options: ExportOptions) -> tuple[Path, dict]:
+def _prepare_checkpoint(source: ModelSource, staging: Path) -> tuple[Path, dict]:
     """A local transformers checkpoint folder for ``source``, and facts for the manifest."""
     facts: dict[str, Any] = {}
     if source.kind is SourceKind.GGUF:
@@ -351,7 +351,7 @@ def export_model(
     started = time.perf_counter()
     try:
         with steps.step("load"):
-            checkpoint, facts = _prepare_checkpoint(resolved, staging, options)
+            checkpoint, facts = _prepare_checkpoint(resolved, staging)
             tokenizer = _check_loadable(checkpoint, options)
         ir_dir = staging / "ir"
         with steps.step("convert"):
