@@ -13,9 +13,9 @@ import streamlit as st
 
 from ovchat.engine import Engine
 from ovchat.errors import OvchatError
-from ovchat.export import DEFAULT_WEIGHT_FORMAT, default_output, export_model
+from ovchat.export import default_model_folder, export_model
 from ovchat.settings import GenerationSettings
-from ovchat.sources import is_ir_folder, resolve_source
+from ovchat.sources import is_ir_folder
 
 MODEL_ENV = "OVCHAT_MODEL"  # an IR folder to chat with instead of the default model
 
@@ -32,7 +32,7 @@ def model_folder() -> Path:
     configured = os.environ.get(MODEL_ENV)
     if configured:
         return Path(configured).expanduser()
-    folder = default_output(resolve_source(None), DEFAULT_WEIGHT_FORMAT)
+    folder = default_model_folder()
     if not is_ir_folder(folder):
         with st.status("First run: exporting the default model to OpenVINO...", expanded=True) as status:
 

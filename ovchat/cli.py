@@ -126,7 +126,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ovchat.export import ExportOptions, export_model, plan_export
+    from ovchat.export import ExportOptions, execute_export, plan_export
 
     options = ExportOptions(
         weight_format=args.weight_format,
@@ -135,7 +135,7 @@ def run_export(args: argparse.Namespace) -> int:
         sym=args.sym,
         trust_remote_code=args.trust_remote_code,
     )
-    source, output = plan_export(args.source, args.output, options, force=args.force)
+    plan = plan_export(args.source, args.output, options, force=args.force)
     with library_output_to_log(not args.verbose, "export") as (user_stream, log_path):
         console = Console(file=user_stream, highlight=False)
         status = console.status("starting")
@@ -146,10 +146,10 @@ def run_export(args: argparse.Namespace) -> int:
             else:
                 console.print(f"  [green]✓[/green] {step:<9} {seconds:6.1f} s")
 
-        console.print(f"Exporting {source.name} ({source.kind.value}) to {args.weight_format}: {output}")
+        console.print(f"Exporting {plan.source.name} ({plan.source.kind.value}) to {args.weight_format}: {plan.target}")
         try:
             with status:
-                result = export_model(source, output, options, force=args.force, progress=progress)
+                result = execute_export(plan, progress=progress)
         except Exception as error:
             if log_path and not isinstance(error, OvchatError):
                 summary = (str(error).strip().splitlines() or [""])[0]
@@ -182,12 +182,12 @@ def export_main(argv: Sequence[str] | None = None) -> int:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Export the default model unless it is already there; print its folder."""
-    from ovchat.export import DEFAULT_WEIGHT_FORMAT, default_output
-    from ovchat.sources import is_ir_folder, resolve_source
+    from ovchat.export import default_model_folder
+    from ovchat.sources import is_ir_folder
 
-    target = default_output(resolve_source(None), DEFAULT_WEIGHT_FORMAT)
-    if is_ir_folder(target):
-        print(target)
+    folder = default_model_folder()
+    if is_ir_folder(folder):
+        print(folder)
         return 0
     export_args = build_parser().parse_args(["export", *(["--verbose"] if args.verbose else [])])
     return run_export(export_args)

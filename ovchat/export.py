@@ -19,12 +19,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ovchat import __version__
 from ovchat.errors import OvchatError
 from ovchat.paths import models_dir
 from ovchat.sources import IR_BIN, IR_XML, ModelSource, SourceKind, resolve_source, sha256_file
+
+if TYPE_CHECKING:
+    from ovchat.gguf_import import GgufInfo
 
 WEIGHT_FORMATS = ("fp16", "int8", "int4")
 DEFAULT_WEIGHT_FORMAT = "int8"
@@ -100,8 +103,24 @@ class ExportResult:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ExportPlan:
+    """What :func:`plan_export` checked: the source, where it goes and how."""
+
+    source: ModelSource
+    target: Path
+    options: ExportOptions
+    force: bool
+    gguf: GgufInfo | None  # the GGUF header, for GGUF sources
+
+
 def default_output(source: ModelSource, weight_format: str) -> Path:
     return models_dir() / f"{source.name}-{weight_format}"
+
+
+def default_model_folder() -> Path:
+    """Where the default model's export lives; it is a complete IR once ``is_ir_folder`` says so."""
+    return default_output(resolve_source(None), DEFAULT_WEIGHT_FORMAT)
 
 
 def _package_versions() -> dict[str, str]:
@@ -157,10 +176,11 @@ def end_of_turn_token_ids(tokenizer: Any, configured: int | list[int] | None) ->
     return sorted(ids)
 
 
-def _prepare_checkpoint(source: ModelSource, staging: Path) -> tuple[Path, dict]:
-    """A local transformers checkpoint folder for ``source``, and facts for the manifest."""
+def _prepare_checkpoint(plan: ExportPlan, staging: Path) -> tuple[Path, dict]:
+    """A local transformers checkpoint folder for the plan's source, and facts for the manifest."""
+    source = plan.source
     facts: dict[str, Any] = {}
-    if source.kind is SourceKind.GGUF:
+    if plan.gguf is not None:
         from ovchat.gguf_import import gguf_to_checkpoint
 
         digest = sha256_file(source.path)
@@ -168,7 +188,8 @@ def _prepare_checkpoint(source: ModelSource, staging: Path) -> tuple[Path, dict]
             raise OvchatError(f"{source.path} has sha256 {digest}, expected {source.expected_sha256}; reinstall it")
         facts["source_sha256"] = digest
         checkpoint = staging / "_checkpoint"
-        info = gguf_to_checkpoint(source.path, checkpoint)
+        info = plan.gguf
+        gguf_to_checkpoint(source.path, checkpoint, info)
         facts["gguf"] = {
             "architecture": info.architecture,
             "tensor_types": sorted(info.tensor_types),
@@ -319,19 +340,20 @@ def plan_export(
     options: ExportOptions,
     *,
     force: bool = False,
-) -> tuple[ModelSource, Path]:
-    """Check what can be checked in a second (source, GGUF header, output) before the slow work."""
+) -> ExportPlan:
+    """Check what can be checked in seconds (source, GGUF header, output) before the slow work."""
     resolved = source if isinstance(source, ModelSource) else resolve_source(source)
     if resolved.kind is SourceKind.IR:
         raise OvchatError(f"{resolved.location} is already an OpenVINO IR folder; nothing to export")
+    gguf = None
     if resolved.kind is SourceKind.GGUF:
         from ovchat.gguf_import import inspect_gguf
 
-        inspect_gguf(resolved.path)
+        gguf = inspect_gguf(resolved.path)
     target = Path(output).expanduser().resolve() if output else default_output(resolved, options.weight_format)
     if target.exists() and not force:
         raise OvchatError(f"{target} already exists; pass --force to replace it")
-    return resolved, target
+    return ExportPlan(resolved, target, options, force, gguf)
 
 
 def export_model(
@@ -343,15 +365,20 @@ def export_model(
     progress: ProgressCallback | None = None,
 ) -> ExportResult:
     """Export ``source`` (default model when None) to an IR folder and return where it went."""
-    options = options or ExportOptions()
-    resolved, target = plan_export(source, output, options, force=force)
+    plan = plan_export(source, output, options or ExportOptions(), force=force)
+    return execute_export(plan, progress=progress)
+
+
+def execute_export(plan: ExportPlan, *, progress: ProgressCallback | None = None) -> ExportResult:
+    """Run the slow steps of a checked plan."""
+    resolved, target, options = plan.source, plan.target, plan.options
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     steps = _Steps(progress)
     started = time.perf_counter()
     try:
         with steps.step("load"):
-            checkpoint, facts = _prepare_checkpoint(resolved, staging)
+            checkpoint, facts = _prepare_checkpoint(plan, staging)
             tokenizer = _check_loadable(checkpoint, options)
         ir_dir = staging / "ir"
         with steps.step("convert"):
@@ -390,7 +417,7 @@ def export_model(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         (ir_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        _move_into_place(ir_dir, target, force)
+        _move_into_place(ir_dir, target, plan.force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(target, manifest)

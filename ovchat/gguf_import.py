@@ -103,12 +103,14 @@ def load_gguf_tokenizer(path: Path, info: GgufInfo) -> object:
     return tokenizer
 
 
-def gguf_to_checkpoint(path: Path, out_dir: Path) -> GgufInfo:
-    """Dequantize ``path`` to an fp32 transformers checkpoint in ``out_dir``, tokenizer included."""
+def gguf_to_checkpoint(path: Path, out_dir: Path, info: GgufInfo) -> None:
+    """Dequantize ``path`` to an fp32 transformers checkpoint in ``out_dir``, tokenizer included.
+
+    ``info`` is :func:`inspect_gguf`'s reading of the same file (it takes seconds, so it is read once).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    info = inspect_gguf(path)
     tokenizer = load_gguf_tokenizer(path, info)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     end_ids = sorted({i for i in (info.eos_token_id, info.eot_token_id) if i is not None})
@@ -119,4 +121,3 @@ def gguf_to_checkpoint(path: Path, out_dir: Path) -> GgufInfo:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)  # type: ignore[attr-defined]
-    return info
