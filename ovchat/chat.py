@@ -1,7 +1,13 @@
-"""Chat messages and prompt rendering with the tokenizer's own chat template."""
+"""Chat messages, prompt templates and fitting the history into the context window.
+
+The prompt always comes from a Jinja chat template rendered by ``transformers``: the
+tokenizer's own one when it has it, else one of the named fallbacks below.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from ovchat.errors import OvchatError
@@ -15,19 +21,155 @@ class Message(TypedDict):
     content: str
 
 
-def validate_messages(messages: list[Message]) -> None:
-    if not messages:
-        raise OvchatError("a chat needs at least one message")
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A prompt format. ``jinja`` None means the tokenizer's own template.
+
+    ``stop`` strings end a reply in formats whose end of turn is plain text, and
+    ``end_of_turn`` is a token that ends the assistant's turn in this format.
+    """
+
+    name: str
+    jinja: str | None
+    stop: tuple[str, ...] = ()
+    end_of_turn: str | None = None
+
+
+CHATML = ChatTemplate(
+    "chatml",
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    end_of_turn="<|im_end|>",
+)
+# Meta's Llama-2 chat format: the system prompt sits inside the first [INST] block.
+LLAMA2 = ChatTemplate(
+    "llama2",
+    "{% set system = messages[0]['content'] if messages[0]['role'] == 'system' else '' %}"
+    "{% set turns = messages[1:] if messages[0]['role'] == 'system' else messages %}"
+    "{% for message in turns %}"
+    "{% if message['role'] == 'user' %}"
+    "{% set text = message['content'] %}"
+    "{% if loop.first and system %}{% set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text %}{% endif %}"
+    "{{ (bos_token or '') + '[INST] ' + text + ' [/INST]' }}"
+    "{% else %}{{ ' ' + message['content'] + ' ' + (eos_token or '') }}{% endif %}"
+    "{% endfor %}",
+)
+# For base models with no chat format at all: a transcript the model continues.
+PLAIN = ChatTemplate(
+    "plain",
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n' }}"
+    "{% else %}{{ 'Assistant: ' + message['content'] + '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}",
+    stop=("\nUser:",),
+)
+MODEL_TEMPLATE = ChatTemplate("model", None)
+FALLBACK_TEMPLATES = {template.name: template for template in (CHATML, LLAMA2, PLAIN)}
+TEMPLATE_CHOICES: tuple[str, ...] = ("auto", "model", *FALLBACK_TEMPLATES)
+
+
+def check_message_list(messages: object) -> list[Message]:
+    """``messages`` as a list of messages, or an error naming the first bad one."""
+    if not isinstance(messages, list):
+        raise OvchatError("messages must be a list")
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise OvchatError(f"message {index} has no valid role (system, user or assistant)")
         if not isinstance(message.get("content"), str):
             raise OvchatError(f"message {index} has no text content")
+    return messages
 
 
-def render_prompt(tokenizer: Any, messages: list[Message]) -> str:
-    """The prompt text for the next assistant turn, from the tokenizer's chat template."""
+def validate_messages(messages: list[Message]) -> None:
+    """A chat ready for the next reply: valid messages, the last one from the user."""
+    if not messages:
+        raise OvchatError("a chat needs at least one message")
+    check_message_list(messages)
+    if messages[-1]["role"] != "user":
+        raise OvchatError("the last message must be the user's")
+
+
+def choose_template(tokenizer: Any, name: str = "auto") -> ChatTemplate:
+    """The template called ``name``; ``auto`` is the model's own, else one guessed from its vocabulary."""
+    if name not in TEMPLATE_CHOICES:
+        raise OvchatError(f"unknown chat template {name!r}; choose one of {', '.join(TEMPLATE_CHOICES)}")
+    has_own = bool(getattr(tokenizer, "chat_template", None))
+    if name == "model" and not has_own:
+        raise OvchatError("this model's tokenizer has no chat template; pick chatml, llama2 or plain")
+    if name in FALLBACK_TEMPLATES:
+        return FALLBACK_TEMPLATES[name]
+    if has_own:
+        return MODEL_TEMPLATE
+    vocab = tokenizer.get_vocab()
+    if "<|im_start|>" in vocab and "<|im_end|>" in vocab:
+        return CHATML
+    if "[INST]" in vocab or (getattr(tokenizer, "bos_token", None) == "<s>" and "</s>" in vocab):
+        return LLAMA2
+    return PLAIN
+
+
+def render_prompt(tokenizer: Any, messages: list[Message], template: ChatTemplate = MODEL_TEMPLATE) -> str:
+    """The prompt text for the next assistant turn."""
     validate_messages(messages)
-    if not getattr(tokenizer, "chat_template", None):
-        raise OvchatError("this model's tokenizer has no chat template")
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if template.jinja is None and not getattr(tokenizer, "chat_template", None):
+        raise OvchatError("this model's tokenizer has no chat template; pick chatml, llama2 or plain")
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template.jinja, add_generation_prompt=True, tokenize=False
+        )
+    except Exception as error:  # jinja's raise_exception, e.g. roles that do not alternate
+        raise OvchatError(f"the {template.name} chat template cannot render this chat: {error}") from error
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    messages: list[Message]
+    token_ids: list[int]
+    trimmed_turns: int
+
+
+def split_turns(messages: list[Message]) -> tuple[list[Message], list[list[Message]]]:
+    """Leading system messages, then turns: each a user message and the replies that follow it."""
+    head = 0
+    while head < len(messages) and messages[head]["role"] == "system":
+        head += 1
+    turns: list[list[Message]] = []
+    for message in messages[head:]:
+        if message["role"] == "user" or not turns:
+            turns.append([message])
+        else:
+            turns[-1].append(message)
+    return messages[:head], turns
+
+
+def fit_to_context(
+    messages: list[Message],
+    encode: Callable[[list[Message]], list[int]],
+    context_length: int,
+    max_new_tokens: int,
+) -> FittedPrompt:
+    """Drop the oldest turns until the prompt plus ``max_new_tokens`` fits ``context_length``.
+
+    The system prompt and the last turn (the new message) are always kept; whole turns
+    are dropped so that user and assistant messages still alternate.
+    """
+    budget = context_length - max_new_tokens
+    if budget <= 0:
+        raise OvchatError(
+            f"max new tokens ({max_new_tokens}) must be below the model's context length ({context_length})"
+        )
+    system, turns = split_turns(messages)
+    for trimmed in range(len(turns)):
+        kept = system + [message for turn in turns[trimmed:] for message in turn]
+        token_ids = encode(kept)
+        if len(token_ids) <= budget:
+            return FittedPrompt(kept, token_ids, trimmed)
+    raise OvchatError(
+        f"the message is too long: the system prompt and the new message take {len(token_ids)} tokens, "
+        f"and with {max_new_tokens} new tokens that exceeds the model's context of {context_length}; "
+        "shorten the message or lower max new tokens"
+    )

@@ -9,12 +9,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ovchat.chat import Message, render_prompt
+from ovchat.chat import ChatTemplate, FittedPrompt, Message, choose_template, fit_to_context, render_prompt
 from ovchat.errors import OvchatError
 from ovchat.paths import cache_dir
 from ovchat.settings import GenerationSettings
@@ -25,6 +25,10 @@ from ovchat.sources import IR_BIN, IR_XML
 DEFAULT_CPU_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}
 # How long the consumer waits for the worker before checking whether it is still alive.
 _POLL_SECONDS = 0.1
+# A reply that produces no token for this long is ended with an error instead of hanging.
+STALL_TIMEOUT_S = 600.0
+# Used when the model's config names no context length.
+FALLBACK_CONTEXT_LENGTH = 2048
 
 FINISH_REASONS = ("eos", "length", "stop", "cancelled")
 
@@ -39,6 +43,7 @@ class Chunk:
     new_tokens: int = 0
     ttft_s: float | None = None
     decode_tok_s: float | None = None
+    trimmed_turns: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,45 @@ class Reply:
     new_tokens: int
     ttft_s: float | None
     decode_tok_s: float | None
+    trimmed_turns: int = 0
+
+
+def model_context_length(config: Any) -> int:
+    """The longest sequence the model was trained for, from its Hugging Face config."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return FALLBACK_CONTEXT_LENGTH
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """The devices OpenVINO can run on here, as (device, full name) pairs."""
+    import openvino as ov
+
+    core = ov.Core()
+    return [(device, str(core.get_property(device, "FULL_DEVICE_NAME"))) for device in core.available_devices]
+
+
+def check_device(device: str) -> None:
+    """Fail early, naming the devices that exist, instead of deep inside compile_model."""
+    base = device.upper().split(":")[0].split(".")[0]
+    if base in ("AUTO", "MULTI", "HETERO"):
+        return
+    names = [name for name, _ in available_devices()]
+    if device.upper() not in names and base not in {name.split(".")[0] for name in names}:
+        raise OvchatError(f"device {device} is not available here; available: {', '.join(names)} or AUTO")
+
+
+class StreamingEngine(Protocol):
+    """What the terminal chat and the page need of an engine; tests pass scripted fakes."""
+
+    path: Path
+    device: str
+
+    def stream(
+        self, messages: list[Message], settings: GenerationSettings | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]: ...
 
 
 def missing_ir_files(path: Path) -> list[str]:
@@ -57,10 +101,11 @@ def missing_ir_files(path: Path) -> list[str]:
 
 
 class _CountingStreamer:
-    """Wraps a TextIteratorStreamer to count tokens and time the first one."""
+    """Wraps a TextIteratorStreamer to count tokens, time the first one and report progress."""
 
-    def __init__(self, streamer: Any) -> None:
+    def __init__(self, streamer: Any, on_token: Callable[[], None]) -> None:
         self.inner = streamer
+        self.on_token = on_token
         self.token_ids: list[int] = []
         self.first_token_at: float | None = None
         self._prompt_seen = False
@@ -71,6 +116,7 @@ class _CountingStreamer:
                 self.first_token_at = time.perf_counter()
             self.token_ids.extend(value.reshape(-1).tolist())
         self._prompt_seen = True
+        self.on_token()
         self.inner.put(value)
 
     def end(self) -> None:
@@ -84,15 +130,34 @@ class Engine:
     one to finish, so tokens of two replies never mix.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, path: Path, device: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        path: Path,
+        device: str,
+        template: str = "auto",
+        context_length: int | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.path = path
         self.device = device
+        self.template: ChatTemplate = choose_template(tokenizer, template)
+        self.context_length = context_length or model_context_length(model.config)
+        self.stall_timeout_s = STALL_TIMEOUT_S
         self._lock = threading.Lock()
-        generation = model.generation_config
-        eos = generation.eos_token_id
+        # Last time any reply made progress; a reply waiting for the lock is not stalled
+        # while another one is producing tokens.
+        self._heartbeat = time.monotonic()
+        eos = model.generation_config.eos_token_id
         self.eos_token_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.template.end_of_turn is not None:
+            end_id = tokenizer.convert_tokens_to_ids(self.template.end_of_turn)
+            if isinstance(end_id, int) and end_id != tokenizer.unk_token_id:
+                self.eos_token_ids.add(end_id)
+        pad = tokenizer.pad_token_id
+        self.pad_token_id: int | None = pad if pad is not None else min(self.eos_token_ids, default=None)
 
     @classmethod
     def load(
@@ -101,6 +166,8 @@ class Engine:
         device: str = "CPU",
         ov_config: dict[str, str] | None = None,
         use_cache_dir: bool = True,
+        template: str = "auto",
+        context_length: int | None = None,
     ) -> Engine:
         """Load an IR folder made by ``export_ir.py``."""
         folder = Path(path).expanduser()
@@ -109,11 +176,13 @@ class Engine:
         missing = missing_ir_files(folder)
         if missing:
             raise OvchatError(f"{folder} is not an exported model: missing {', '.join(missing)}")
+        check_device(device)
         from optimum.intel import OVModelForCausalLM
         from transformers import AutoTokenizer
 
         config = dict(DEFAULT_CPU_CONFIG) if device.upper() == "CPU" else {"PERFORMANCE_HINT": "LATENCY"}
         if use_cache_dir:
+            # optimum-intel fills the compiled-model cache only for GPU; on CPU it must be asked for.
             cache = cache_dir()
             cache.mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache)
@@ -124,11 +193,15 @@ class Engine:
         except Exception as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise OvchatError(f"could not load {folder}: {first_line}") from error
-        return cls(model, tokenizer, folder, device)
+        return cls(model, tokenizer, folder, device, template=template, context_length=context_length)
 
     def encode(self, messages: list[Message]) -> list[int]:
-        prompt = render_prompt(self.tokenizer, messages)
+        prompt = render_prompt(self.tokenizer, messages, self.template)
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def fit(self, messages: list[Message], settings: GenerationSettings) -> FittedPrompt:
+        """The prompt for ``messages``, with the oldest turns dropped if it would not fit the context."""
+        return fit_to_context(messages, self.encode, self.context_length, settings.max_new_tokens)
 
     def stream(
         self,
@@ -138,9 +211,10 @@ class Engine:
     ) -> Iterator[Chunk]:
         """Stream the assistant's reply to ``messages`` as text chunks, then a final chunk.
 
-        ``cancel`` (set from any thread) stops generation after the current token; the
-        final chunk then says ``cancelled`` and the text so far has been yielded.
-        An error in the worker thread is re-raised here.
+        Old turns that do not fit the context are left out (counted in the final
+        chunk's ``trimmed_turns``). ``cancel`` (set from any thread) stops generation
+        after the current token; the final chunk then says ``cancelled`` and the text so
+        far has been yielded. An error in the worker thread is re-raised here.
         """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -148,9 +222,10 @@ class Engine:
         settings = settings or GenerationSettings()
         # halt ends this reply (a stop string, or the consumer leaving); cancel is the caller's.
         halt = threading.Event()
-        prompt_ids = self.encode(messages)
+        fitted = self.fit(messages, settings)
+        prompt_ids = fitted.token_ids
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        counting = _CountingStreamer(streamer)
+        counting = _CountingStreamer(streamer, self._beat)
         failure: list[BaseException] = []
 
         class _Cancelled(StoppingCriteria):
@@ -161,13 +236,20 @@ class Engine:
         def work() -> None:
             try:
                 with self._lock:
+                    self._beat()
+                    if halt.is_set():  # the consumer left while this reply waited for the lock
+                        streamer.end()
+                        return
                     if settings.seed is not None:
                         torch.manual_seed(settings.seed)
+                    eos_ids = sorted(self.eos_token_ids)  # the template's end of turn included
                     self.model.generate(
                         input_ids=torch.tensor([prompt_ids]),
                         attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
                         streamer=counting,
                         stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                        eos_token_id=eos_ids or None,
+                        pad_token_id=self.pad_token_id,
                         **settings.to_generate_kwargs(),
                     )
             except BaseException as error:  # handed to the consumer, never lost in the thread
@@ -175,10 +257,12 @@ class Engine:
                 streamer.end()
 
         started = time.perf_counter()
+        self._beat()
         worker = threading.Thread(target=work, name="ovchat-generate", daemon=True)
         worker.start()
-        stop_cut = _StopCutter(settings.stop)
+        stop_cut = _StopCutter(settings.stop + self.template.stop)
         finish: str | None = None
+        stalled = False
         try:
             while True:
                 try:
@@ -186,6 +270,12 @@ class Engine:
                 except queue.Empty:
                     if not worker.is_alive() and streamer.text_queue.empty():
                         break
+                    if time.monotonic() - self._heartbeat > self.stall_timeout_s:
+                        stalled = True
+                        raise OvchatError(
+                            f"the model produced nothing for {self.stall_timeout_s:.0f} s and was stopped; "
+                            "restart ovchat if this repeats"
+                        ) from None
                     continue
                 if piece is streamer.stop_signal:
                     break
@@ -205,8 +295,9 @@ class Engine:
                     yield Chunk(text=tail)
         finally:
             # Also reached when the consumer stops iterating: end the worker and free the lock.
+            # A stalled worker cannot be joined; it is a daemon thread and is left behind.
             halt.set()
-            worker.join()
+            worker.join(timeout=0 if stalled else None)
         new_ids = counting.token_ids
         if finish is None:
             if new_ids and new_ids[-1] in self.eos_token_ids:
@@ -224,7 +315,11 @@ class Engine:
             new_tokens=len(new_ids),
             ttft_s=ttft,
             decode_tok_s=decode_rate,
+            trimmed_turns=fitted.trimmed_turns,
         )
+
+    def _beat(self) -> None:
+        self._heartbeat = time.monotonic()
 
     def generate(
         self,
@@ -245,6 +340,7 @@ class Engine:
                     new_tokens=chunk.new_tokens,
                     ttft_s=chunk.ttft_s,
                     decode_tok_s=chunk.decode_tok_s,
+                    trimmed_turns=chunk.trimmed_turns,
                 )
         raise AssertionError("stream ended without a final chunk")  # stream always yields one
 

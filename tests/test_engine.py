@@ -1,13 +1,16 @@
-"""The engine's stream on the tiny model: parity with plain generate, cancel, errors, stop strings."""
+"""The engine on the tiny model: parity, cancel, errors, stop strings, threads, seeds, context, text safety."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
 import pytest
+from fakes import ScriptedModel
 
-from ovchat.engine import Engine, _StopCutter
+from ovchat.engine import Engine, _StopCutter, available_devices
+from ovchat.errors import OvchatError
 from ovchat.settings import GenerationSettings
 
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0.0, repetition_penalty=1.0)
@@ -38,7 +41,7 @@ def test_cancel_from_another_thread_keeps_the_text_so_far(engine: Engine) -> Non
     cancel = threading.Event()
     pieces = []
     final = None
-    for chunk in engine.stream(HELLO, GREEDY.with_changes(max_new_tokens=2000), cancel):
+    for chunk in engine.stream(HELLO, GREEDY.with_changes(max_new_tokens=400), cancel):
         if chunk.finish_reason is None:
             pieces.append(chunk.text)
             threading.Thread(target=cancel.set).start()
@@ -46,7 +49,7 @@ def test_cancel_from_another_thread_keeps_the_text_so_far(engine: Engine) -> Non
             final = chunk
     assert final is not None and final.finish_reason == "cancelled"
     assert "".join(pieces) and final.new_tokens >= 1
-    assert final.new_tokens < 2000
+    assert final.new_tokens < 400
 
 
 def test_an_error_in_generate_reaches_the_consumer(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,3 +72,139 @@ def test_stop_cutter_never_shows_a_stop_string_split_across_chunks() -> None:
             break
     assert stopped
     assert "".join(shown) == "Sure. Useful! "
+
+
+def test_two_threads_streaming_at_once_get_their_own_replies(engine: Engine) -> None:
+    prompts = {"a": [{"role": "user", "content": "Hello there"}], "b": [{"role": "user", "content": "def add(a, b):"}]}
+    settings = GREEDY.with_changes(max_new_tokens=40)
+    alone = {name: engine.generate(messages, settings) for name, messages in prompts.items()}
+    assert alone["a"].text != alone["b"].text  # otherwise mixing could not be seen
+    together: dict[str, list] = {}
+    start = threading.Barrier(2)
+
+    def chat(name: str) -> None:
+        start.wait()
+        together[name] = list(engine.stream(prompts[name], settings))
+
+    threads = [threading.Thread(target=chat, args=(name,)) for name in prompts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for name, chunks in together.items():
+        final = chunks[-1]
+        assert "".join(c.text for c in chunks[:-1]) == alone[name].text
+        assert (final.new_tokens, final.finish_reason) == (alone[name].new_tokens, alone[name].finish_reason)
+    assert set(together) == {"a", "b"}
+
+
+def test_same_seed_same_reply_and_other_seeds_differ(engine: Engine) -> None:
+    sampled = GenerationSettings(max_new_tokens=24, temperature=1.0, top_p=1.0, top_k=0, seed=7)
+    first = engine.generate(HELLO, sampled)
+    again = engine.generate(HELLO, sampled)
+    others = {engine.generate(HELLO, sampled.with_changes(seed=seed)).text for seed in (8, 9, 10)}
+    assert first.text == again.text and first.new_tokens == again.new_tokens
+    assert others - {first.text}, "three other seeds all gave the seed-7 reply: sampling ignores the seed"
+
+
+def test_consumer_leaving_early_frees_the_engine(engine: Engine) -> None:
+    stream = engine.stream(HELLO, GREEDY.with_changes(max_new_tokens=300))
+    next(stream)
+    stream.close()  # like a browser tab closed mid-reply
+    reply = engine.generate(HELLO, GREEDY)
+    assert reply.new_tokens >= 1
+
+
+def test_history_is_trimmed_to_fit_the_context(engine: Engine) -> None:
+    long_turn = "The quick brown fox jumps over the lazy dog. " * 6
+    history = []
+    for index in range(12):
+        history += [{"role": "user", "content": f"{index} {long_turn}"}, {"role": "assistant", "content": long_turn}]
+    messages = [{"role": "system", "content": "Be brief."}, *history, {"role": "user", "content": "last question"}]
+    settings = GREEDY.with_changes(max_new_tokens=100)
+    assert len(engine.encode(messages)) + 100 > engine.context_length  # the test needs a chat that does not fit
+    final = list(engine.stream(messages, settings))[-1]
+    assert final.trimmed_turns > 0
+    assert final.prompt_tokens + settings.max_new_tokens <= engine.context_length
+    fitted = engine.fit(messages, settings)
+    assert fitted.messages[0]["content"] == "Be brief." and fitted.messages[-1]["content"] == "last question"
+    assert fitted.trimmed_turns == final.trimmed_turns
+
+
+def test_a_message_longer_than_the_context_is_an_error_not_a_truncation(engine: Engine) -> None:
+    huge = [{"role": "user", "content": "hello " * engine.context_length}]
+    with pytest.raises(OvchatError, match="too long"):
+        engine.generate(huge, GREEDY)
+
+
+def test_load_errors_name_what_is_wrong(tmp_path: Path, tiny_irs: dict[str, Path]) -> None:
+    with pytest.raises(OvchatError, match="does not exist"):
+        Engine.load(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_irs["int8"], broken)
+    (broken / "openvino_model.bin").unlink()
+    (broken / "config.json").unlink()
+    with pytest.raises(OvchatError, match=r"missing openvino_model\.bin, config\.json"):
+        Engine.load(broken)
+    with pytest.raises(OvchatError, match="device NPU7 is not available here; available: CPU"):
+        Engine.load(tiny_irs["int8"], device="NPU7")
+
+
+def test_devices_list_the_cpu() -> None:
+    devices = dict(available_devices())
+    assert "CPU" in devices and devices["CPU"].strip()
+
+
+# The rest drive the real Engine (tokenizer, streamer, stop cutter) with a scripted model.
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_irs: dict[str, Path]):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_irs["fp16"])
+
+
+def scripted_engine(tokenizer, text: str, template: str = "auto", **model_options: object) -> Engine:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    model = ScriptedModel(ids, eos_id=tokenizer.eos_token_id, **model_options)
+    return Engine(model, tokenizer, Path("scripted"), "CPU", template=template)
+
+
+def test_cjk_and_emoji_stream_without_broken_characters(tokenizer) -> None:
+    text = "数学是被发明还是被发现的？ 日本語のテキスト 😀👍🏽 done"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    split_chars = [i for i in ids if "\ufffd" in tokenizer.decode([i])]
+    assert split_chars, "the tokenizer must split some characters across tokens for this test to mean anything"
+    chunks = list(scripted_engine(tokenizer, text).stream(HELLO, GREEDY.with_changes(max_new_tokens=200)))
+    assert all("\ufffd" not in chunk.text for chunk in chunks)
+    assert "".join(chunk.text for chunk in chunks) == text
+    assert chunks[-1].finish_reason == "eos" and chunks[-1].new_tokens == len(ids) + 1
+
+
+def test_a_reply_cut_inside_a_character_shows_no_broken_text(tokenizer) -> None:
+    text = "😀😀😀😀"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    cut = next(n for n in range(1, len(ids)) if tokenizer.decode(ids[:n]).endswith("\ufffd"))
+    reply = scripted_engine(tokenizer, text).generate(HELLO, GREEDY.with_changes(max_new_tokens=cut))
+    assert reply.finish_reason == "length" and reply.new_tokens == cut
+    assert "\ufffd" not in reply.text and text.startswith(reply.text)
+
+
+def test_fallback_template_stops_at_its_turn_marker(tokenizer) -> None:
+    engine = scripted_engine(tokenizer, "Hi there!\nUser: and now I speak for you", template="plain")
+    reply = engine.generate(HELLO, GREEDY.with_changes(max_new_tokens=200))
+    assert (reply.text, reply.finish_reason) == ("Hi there!", "stop")
+    prompt = tokenizer.decode(engine.model.calls[0]["input_ids"][0])
+    assert prompt == "User: Hello there\nAssistant:"
+
+
+def test_a_hung_generate_ends_with_an_error_instead_of_hanging(tokenizer) -> None:
+    release = threading.Event()
+    engine = scripted_engine(tokenizer, "never shown", block=release)
+    engine.stall_timeout_s = 0.5
+    try:
+        with pytest.raises(OvchatError, match="produced nothing"):
+            engine.generate(HELLO, GREEDY)
+    finally:
+        release.set()

@@ -1,0 +1,92 @@
+"""Scripted stand-ins for tests: a model whose "generation" is a fixed token list, and a chat engine.
+
+ScriptedModel goes inside the real Engine (real tokenizer, streamer, stop cutter, cancel);
+FakeEngine replaces the engine for the terminal chat and the page, like simonw/llm's MockModel.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ovchat.chat import Message
+from ovchat.engine import Chunk
+from ovchat.settings import GenerationSettings
+
+
+class ScriptedModel:
+    """Answers every prompt with ``reply_ids``, one token at a time, as generate() would.
+
+    ``block`` (an Event) makes generate wait before the first token, to imitate a hung device.
+    """
+
+    def __init__(self, reply_ids: list[int], eos_id: int, context: int = 512, block: threading.Event | None = None):
+        self.reply_ids = reply_ids
+        self.config = SimpleNamespace(max_position_embeddings=context)
+        self.generation_config = SimpleNamespace(eos_token_id=eos_id)
+        self.block = block
+        self.calls: list[dict[str, Any]] = []
+
+    def generate(self, input_ids: Any, streamer: Any, stopping_criteria: Any, max_new_tokens: int, **kwargs: Any):
+        import torch
+
+        self.calls.append({"input_ids": input_ids, "max_new_tokens": max_new_tokens, **kwargs})
+        if self.block is not None:
+            self.block.wait()
+        streamer.put(input_ids)
+        sequence = input_ids
+        for token in self.reply_ids[:max_new_tokens]:
+            sequence = torch.cat([sequence, torch.tensor([[token]])], dim=1)
+            streamer.put(torch.tensor([token]))
+            if token in (kwargs.get("eos_token_id") or []) or any(c(sequence, None).all() for c in stopping_criteria):
+                break
+        streamer.end()
+        return sequence
+
+
+@dataclass
+class FakeEngine:
+    """A chat engine that replies ``reply(messages)`` word by word and records every call.
+
+    ``on_chunk(index, cancel)`` runs after each text chunk is consumed; a test uses it to
+    press Ctrl-C or cancel in the middle of a reply.
+    """
+
+    reply: Callable[[list[Message]], str] = lambda messages: f"You said: {messages[-1]['content']}"
+    on_chunk: Callable[[int, threading.Event], None] | None = None
+    trimmed_turns: int = 0
+    path: Path = Path("fake-model")
+    device: str = "CPU"
+    calls: list[tuple[list[Message], GenerationSettings]] = field(default_factory=list)
+
+    def stream(
+        self,
+        messages: list[Message],
+        settings: GenerationSettings | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Chunk]:
+        settings = settings or GenerationSettings()
+        cancel = cancel or threading.Event()
+        self.calls.append(([dict(m) for m in messages], settings))  # type: ignore[misc]
+        words = self.reply(messages).split(" ")
+        produced = 0
+        for index, word in enumerate(words):
+            if cancel.is_set():
+                break
+            yield Chunk(text=word if index == 0 else " " + word)
+            produced += 1
+            if self.on_chunk is not None:
+                self.on_chunk(index, cancel)
+        finish = "cancelled" if cancel.is_set() else "eos"
+        yield Chunk(
+            finish_reason=finish,
+            prompt_tokens=sum(len(m["content"].split()) for m in messages),
+            new_tokens=produced,
+            ttft_s=0.01,
+            decode_tok_s=100.0,
+            trimmed_turns=self.trimmed_turns,
+        )
