@@ -16,10 +16,15 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from ovchat.errors import OvchatError
 from ovchat.paths import data_home
+
+if TYPE_CHECKING:
+    from ovchat.chat import Message
+    from ovchat.engine import Engine
+    from ovchat.settings import GenerationSettings
 
 EXIT_USAGE = 2
 
@@ -124,6 +129,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    print(export_with_progress(args))
+    return 0
+
+
+def export_with_progress(args: argparse.Namespace) -> Path:
+    """Export as ``args`` say, with step lines on stderr; the new folder's path."""
     from rich.console import Console
 
     from ovchat.export import ExportOptions, execute_export, plan_export
@@ -165,8 +176,7 @@ def run_export(args: argparse.Namespace) -> int:
             f"peak memory {manifest['peak_rss_mb']:.0f} MB)"
         )
         console.print(f"Smoke reply: {manifest['smoke']['reply']!r}")
-    print(result.path)
-    return 0
+    return result.path
 
 
 def export_main(argv: Sequence[str] | None = None) -> int:
@@ -180,17 +190,117 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     return run_guarded(lambda: run_export(args), args.verbose, parser.prog)
 
 
-def run_prepare(args: argparse.Namespace) -> int:
-    """Export the default model unless it is already there; print its folder."""
+def ensure_default_model(verbose: bool) -> Path:
+    """The default model's IR folder, exported first if it is not there yet."""
     from ovchat.export import default_model_folder
     from ovchat.sources import is_ir_folder
 
     folder = default_model_folder()
     if is_ir_folder(folder):
-        print(folder)
-        return 0
-    export_args = build_parser().parse_args(["export", *(["--verbose"] if args.verbose else [])])
-    return run_export(export_args)
+        return folder
+    print("First use: exporting the default model (about a minute, once).", file=sys.stderr)
+    return export_with_progress(build_parser().parse_args(["export", *(["--verbose"] if verbose else [])]))
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Export the default model unless it is already there; print its folder."""
+    print(ensure_default_model(args.verbose))
+    return 0
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from ovchat.chat import TEMPLATE_CHOICES
+
+    parser.add_argument(
+        "-m", "--model", type=Path, help="an IR folder made by export_ir.py (default: the default model)"
+    )
+    parser.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU or AUTO (default: CPU)")
+    parser.add_argument(
+        "--template",
+        choices=TEMPLATE_CHOICES,
+        default="auto",
+        help="prompt format: the model's own, or a fallback for models without one (default: auto)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    from ovchat.settings import GenerationSettings
+
+    defaults = GenerationSettings()
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-new-tokens", type=int, help=f"longest reply in tokens ({defaults.max_new_tokens})")
+    group.add_argument("--temperature", type=float, help=f"randomness, 0 for greedy ({defaults.temperature})")
+    group.add_argument("--top-p", type=float, help=f"nucleus sampling probability mass ({defaults.top_p})")
+    group.add_argument("--top-k", type=int, help=f"sample among the k likeliest tokens, 0 for all ({defaults.top_k})")
+    group.add_argument(
+        "--repetition-penalty", type=float, help=f"above 1 discourages repeats ({defaults.repetition_penalty})"
+    )
+    group.add_argument("--seed", type=int, help="fix the sampling for a reproducible reply")
+    group.add_argument("--stop", action="append", metavar="TEXT", help="end the reply at this text (repeatable)")
+
+
+def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
+    from ovchat.settings import GenerationSettings
+
+    names = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop")
+    return GenerationSettings(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
+
+
+def load_engine(args: argparse.Namespace) -> Engine:
+    from rich.console import Console
+
+    from ovchat.engine import Engine
+
+    folder = args.model if args.model is not None else ensure_default_model(args.verbose)
+    with Console(stderr=True).status(f"Loading {folder.name} on {args.device} ..."):
+        return Engine.load(folder, device=args.device, template=args.template)
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from ovchat.terminal import TerminalChat
+    from ovchat.transcript import load_chat
+
+    settings = settings_from_args(args)
+    messages = load_chat(args.input)[0] if args.input else []
+    if args.output and args.output.exists() and args.output != args.input:
+        raise OvchatError(f"{args.output} exists; to continue that chat pass -i {args.output} too, or pick a new name")
+    engine = load_engine(args)
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    chat = TerminalChat(engine, settings, messages, system=args.system, output=args.output)
+    return chat.run()
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    import io
+    import json
+
+    from ovchat.terminal import format_stats, stream_reply
+
+    prompt = sys.stdin.read() if args.prompt in (None, "-") else args.prompt
+    if not prompt.strip():
+        raise OvchatError("the prompt is empty")
+    settings = settings_from_args(args)
+    engine = load_engine(args)
+    messages: list[Message] = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": prompt})
+    text, final = stream_reply(engine, messages, settings, io.StringIO() if args.json else sys.stdout)
+    if args.json:
+        fields = ("finish_reason", "prompt_tokens", "new_tokens", "ttft_s", "decode_tok_s")
+        print(json.dumps({"text": text, **{name: getattr(final, name) for name in fields}}, ensure_ascii=False))
+    else:
+        print()
+        print(format_stats(final), file=sys.stderr)
+    return 130 if final.finish_reason == "cancelled" else 0
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    from ovchat.engine import available_devices
+
+    for device, name in available_devices():
+        print(f"{device}\t{name}")
+    return 0
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -202,6 +312,25 @@ def build_parser() -> OneLineArgumentParser:
     prepare = commands.add_parser("prepare", help="export the default model unless it is already exported")
     prepare.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
     prepare.set_defaults(handler=run_prepare)
+
+    chat = commands.add_parser("chat", help="chat in the terminal")
+    add_model_arguments(chat)
+    add_sampling_arguments(chat)
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("-i", "--input", type=Path, help="continue a chat saved as JSON")
+    chat.add_argument("-o", "--output", type=Path, help="save the chat here after each reply and on exit")
+    chat.set_defaults(handler=run_chat)
+
+    ask = commands.add_parser("ask", help="print one reply to a prompt")
+    ask.add_argument("prompt", nargs="?", help="the prompt; - or nothing reads it from stdin")
+    add_model_arguments(ask)
+    add_sampling_arguments(ask)
+    ask.add_argument("--system", help="system prompt")
+    ask.add_argument("--json", action="store_true", help="print one JSON object with the text and the metrics")
+    ask.set_defaults(handler=run_ask)
+
+    devices = commands.add_parser("devices", help="list the OpenVINO devices")
+    devices.set_defaults(handler=run_devices)
     return parser
 
 

@@ -1,0 +1,88 @@
+"""Chats as files: the JSON the terminal chat saves and loads, and a Markdown export.
+
+The JSON is ``{"format": "ovchat.chat", "version": 1, "title": ..., "messages": [...]}``.
+Loading also accepts a bare list of ``{"role", "content"}`` messages (the OpenAI shape),
+so chats from other tools can be brought in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ovchat.chat import Message, check_message_list
+from ovchat.errors import OvchatError
+
+CHAT_FORMAT = "ovchat.chat"
+CHAT_FORMAT_VERSION = 1
+
+
+def chat_to_dict(messages: list[Message], title: str | None = None, **extra: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {"format": CHAT_FORMAT, "version": CHAT_FORMAT_VERSION}
+    if title:
+        document["title"] = title
+    document.update(extra)
+    document["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return document
+
+
+def parse_chat(text: str, origin: str = "the chat") -> tuple[list[Message], str | None]:
+    """Messages and title from a chat file's text; a clear error for anything malformed."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise OvchatError(f"{origin} is not valid JSON: {error.msg} at line {error.lineno}") from None
+    title = None
+    if isinstance(document, dict):
+        if document.get("format") != CHAT_FORMAT:
+            raise OvchatError(f'{origin} is not an ovchat chat (no "format": "{CHAT_FORMAT}")')
+        version = document.get("version")
+        if not isinstance(version, int) or version > CHAT_FORMAT_VERSION:
+            raise OvchatError(f"{origin} has chat format version {version!r}; this ovchat reads up to 1")
+        if "messages" not in document:
+            raise OvchatError(f"{origin} has no messages")
+        raw_title = document.get("title")
+        title = raw_title if isinstance(raw_title, str) else None
+        document = document["messages"]
+    elif not isinstance(document, list):
+        raise OvchatError(f"{origin} must hold a chat object or a list of messages")
+    try:
+        messages = check_message_list(document)
+    except OvchatError as error:
+        raise OvchatError(f"{origin}: {error}") from None
+    return [{"role": m["role"], "content": m["content"]} for m in messages], title
+
+
+def load_chat(path: Path) -> tuple[list[Message], str | None]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise OvchatError(f"chat file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise OvchatError(f"cannot read chat file {path}: {error}") from None
+    return parse_chat(text, origin=str(path))
+
+
+def save_chat(path: Path, messages: list[Message], title: str | None = None, **extra: Any) -> None:
+    """Write the chat atomically: a crash mid-write never leaves a half file behind."""
+    text = json.dumps(chat_to_dict(messages, title, **extra), ensure_ascii=False, indent=2) + "\n"
+    path = path.expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+        ) as handle:
+            handle.write(text)
+        os.replace(handle.name, path)
+    except OSError as error:
+        raise OvchatError(f"cannot save the chat to {path}: {error.strerror or error}") from None
+
+
+def chat_to_markdown(messages: list[Message], title: str | None = None) -> str:
+    names = {"system": "System", "user": "You", "assistant": "Assistant"}
+    parts = [f"# {title}\n"] if title else []
+    parts += [f"**{names[m['role']]}:**\n\n{m['content']}\n" for m in messages]
+    return "\n".join(parts)
