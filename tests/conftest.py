@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ovchat.paths import HOME_ENV
+
+if TYPE_CHECKING:
+    from ovchat.engine import Engine
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -96,14 +99,28 @@ def tiny_irs(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
-def default_model_ir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The real default model (SmolLM2-135M-Instruct from its GGUF), exported once to int8."""
-    from ovchat.export import export_model
+def default_model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding the real default model (SmolLM2-135M-Instruct from its GGUF), exported once
+    to int8 where ovchat looks for it, so commands run without --model find it."""
+    from ovchat.export import default_model_folder, export_model
 
-    root = tmp_path_factory.mktemp("default-model")
+    home = tmp_path_factory.mktemp("default-model") / "home"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(HOME_ENV, str(root / "home"))
-        yield export_model(None, root / "SmolLM2-135M-Instruct-int8").path
+        patch.setenv(HOME_ENV, str(home))
+        export_model(None, default_model_folder())
+    return home
+
+
+@pytest.fixture(scope="session")
+def default_model_ir(default_model_home: Path) -> Path:
+    return default_model_home / "models" / "SmolLM2-135M-Instruct-int8"
+
+
+@pytest.fixture(scope="module")
+def default_engine(default_model_ir: Path) -> Engine:
+    from ovchat.engine import Engine
+
+    return Engine.load(default_model_ir)
 
 
 def read_json(path: Path) -> dict:
