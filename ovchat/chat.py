@@ -43,17 +43,21 @@ CHATML = ChatTemplate(
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
     end_of_turn="<|im_end|>",
 )
-# Meta's Llama-2 chat format: the system prompt sits inside the first [INST] block.
+# Meta's Llama-2 chat format: the system prompt sits inside the first [INST] block. System
+# messages anywhere in the chat (an imported one may have several) are joined into that block.
 LLAMA2 = ChatTemplate(
     "llama2",
-    "{% set system = messages[0]['content'] if messages[0]['role'] == 'system' else '' %}"
-    "{% set turns = messages[1:] if messages[0]['role'] == 'system' else messages %}"
-    "{% for message in turns %}"
+    "{% set ns = namespace(system='', placed=false) %}"
+    "{% for message in messages if message['role'] == 'system' %}"
+    "{% set ns.system = ns.system + ('\n\n' if ns.system else '') + message['content'] %}"
+    "{% endfor %}"
+    "{% for message in messages %}"
     "{% if message['role'] == 'user' %}"
     "{% set text = message['content'] %}"
-    "{% if loop.first and system %}{% set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text %}{% endif %}"
+    "{% if ns.system and not ns.placed %}{% set text = '<<SYS>>\n' + ns.system + '\n<</SYS>>\n\n' + text %}{% endif %}"
+    "{% set ns.placed = true %}"
     "{{ (bos_token or '') + '[INST] ' + text + ' [/INST]' }}"
-    "{% else %}{{ ' ' + message['content'] + ' ' + (eos_token or '') }}{% endif %}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + ' ' + (eos_token or '') }}{% endif %}"
     "{% endfor %}",
 )
 # For base models with no chat format at all: a transcript the model continues.
@@ -157,6 +161,7 @@ def fit_to_context(
     The system prompt and the last turn (the new message) are always kept; whole turns
     are dropped so that user and assistant messages still alternate.
     """
+    validate_messages(messages)
     budget = context_length - max_new_tokens
     if budget <= 0:
         raise OvchatError(

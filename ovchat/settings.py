@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,32 +22,19 @@ class GenerationSettings:
     stop: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        # Accept a list from JSON or a form, keep a tuple so the object stays hashable.
-        object.__setattr__(self, "stop", tuple(self.stop))
-        checks = (
-            (
-                isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 32768,
-                f"max_new_tokens must be an integer in [1, 32768], not {self.max_new_tokens!r}",
-            ),
-            (0.0 <= self.temperature <= 5.0, f"temperature must be in [0, 5], not {self.temperature!r}"),
-            (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], not {self.top_p!r}"),
-            (
-                isinstance(self.top_k, int) and 0 <= self.top_k <= 10000,
-                f"top_k must be an integer in [0, 10000], not {self.top_k!r}",
-            ),
-            (
-                0.5 <= self.repetition_penalty <= 3.0,
-                f"repetition_penalty must be in [0.5, 3], not {self.repetition_penalty!r}",
-            ),
-            (
-                self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**32),
-                f"seed must be an integer in [0, 2^32) or empty, not {self.seed!r}",
-            ),
-            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty text"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise OvchatError(message)
+        # A single string is one stop string; a list (from JSON or a form) becomes a tuple so
+        # the object stays hashable.
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (tuple, list)) or not all(isinstance(s, str) and s for s in stop):
+            raise OvchatError("stop strings must be a list of non-empty texts")
+        object.__setattr__(self, "stop", tuple(stop))
+        _check_int("max_new_tokens", self.max_new_tokens, 1, 32768)
+        _check_float("temperature", self.temperature, 0.0, 5.0)
+        _check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _check_int("top_k", self.top_k, 0, 10000)
+        _check_float("repetition_penalty", self.repetition_penalty, 0.5, 3.0)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, 2**32 - 1)
 
     @property
     def greedy(self) -> bool:
@@ -66,3 +54,17 @@ class GenerationSettings:
         else:
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         return kwargs
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    # bool is an int to Python, but True is no token count.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise OvchatError(f"{name} must be an integer in [{low}, {high}], not {value!r}")
+
+
+def _check_float(name: str, value: object, low: float, high: float, low_open: bool = False) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    above_low = is_number and (value > low if low_open else value >= low)  # type: ignore[operator]
+    if not (is_number and above_low and value <= high):  # type: ignore[operator]
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise OvchatError(f"{name} must be a number in {interval}, not {value!r}")
