@@ -82,7 +82,7 @@ def test_devices_lists_the_cpu() -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["ask", "hi", "--temperature", "9"], "temperature must be in [0, 5]"),
+        (["ask", "hi", "--temperature", "9"], "temperature must be a number in [0, 5]"),
         (["ask", "hi", "--top-k", "many"], "argument --top-k: invalid int value: 'many'"),
         (["ask", "   "], "the prompt is empty"),
         (["ask", "hi", "--template", "alpaca"], "argument --template: invalid choice: 'alpaca'"),

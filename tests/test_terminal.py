@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -82,7 +84,9 @@ def test_a_message_of_several_lines_between_triple_quotes() -> None:
 def test_ctrl_c_stops_the_reply_keeps_the_text_and_the_chat_goes_on() -> None:
     def press_ctrl_c(index: int, cancel: threading.Event) -> None:
         if index == 1:
-            signal.raise_signal(signal.SIGINT)  # the real signal, handled as in a terminal
+            # What Python runs on Ctrl-C. A real SIGINT is sent in the subprocess test below: in this
+            # process, after the rest of the suite, raise(SIGINT) crashed inside libc (see the note there).
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
     engine = FakeEngine(reply=lambda messages: "one two three four five six", on_chunk=press_ctrl_c)
     chat, out, err = run_chat(["tell me a story", "and then?"], engine)
@@ -155,3 +159,44 @@ def test_a_loaded_chat_continues_and_a_trailing_user_message_is_answered(tmp_pat
     chat, _, err = run_chat(["d"], engine, messages=load_chat(earlier)[0], system="sys")
     assert "answering it" in err
     assert [m["content"] for m in chat.messages] == ["sys", "a", "b", "c", "You said: c", "d", "You said: d"]
+
+
+CTRL_C_SCRIPT = """
+import io, os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from fakes import FakeEngine
+from ovchat.settings import GenerationSettings
+from ovchat.terminal import TerminalChat
+
+def press_ctrl_c(index, cancel):
+    if index == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+
+engine = FakeEngine(reply=lambda messages: "one two three four five six", on_chunk=press_ctrl_c)
+lines = iter(["tell me a story", "and then?"])
+
+def read_line(prompt):
+    try:
+        return next(lines)
+    except StopIteration:
+        raise EOFError from None
+
+chat = TerminalChat(engine, GenerationSettings(), out=io.StringIO(), err=sys.stderr)
+chat.run(read_line)
+print([m["content"] for m in chat.messages])
+"""
+
+
+def test_a_real_sigint_stops_the_reply_in_a_fresh_process() -> None:
+    # A fresh interpreter: in the full suite's process, raise(SIGINT) crashed in libc after the
+    # native libraries (OpenVINO, torch, Streamlit's AppTest) had run; a user's chat is its own process.
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_SCRIPT, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['tell me a story', 'one two', 'and then?', 'one two']"  # both replies stopped
+    assert result.stderr.count("cancelled") == 2
