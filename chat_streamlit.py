@@ -1,23 +1,31 @@
 """ovchat's chat page: `streamlit run chat_streamlit.py` (or `./run.sh`).
 
-UI only. Loading, exporting and generating live in the ovchat package; the page holds
-the visible chat in session_state and one engine per model in st.cache_resource.
+UI only. Loading, exporting, generating and saving live in the ovchat package. The open
+chat's id is in the URL (?chat=ID) and every chat is in SQLite, so a reload keeps it.
+One engine per model and device is shared by all tabs (st.cache_resource); it answers
+one reply at a time, so two tabs never mix their replies.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import streamlit as st
 
-from ovchat.engine import Engine
+from ovchat.conversation import describe_reply, stream_into_store
+from ovchat.engine import Engine, available_devices
 from ovchat.errors import OvchatError
 from ovchat.export import default_model_folder, export_model
+from ovchat.paths import data_home, models_dir
 from ovchat.settings import GenerationSettings
 from ovchat.sources import is_ir_folder
+from ovchat.store import STORE_FILE, ConversationStore, title_from
+from ovchat.transcript import chat_to_dict, chat_to_markdown, parse_chat
 
-MODEL_ENV = "OVCHAT_MODEL"  # an IR folder to chat with instead of the default model
+MODEL_ENV = "OVCHAT_MODEL"  # an IR folder to open first instead of the default model
+OTHER_FOLDER = "Other folder..."
 
 st.set_page_config(page_title="ovchat", page_icon="💬")
 
@@ -28,90 +36,340 @@ def load_engine(path: str, device: str) -> Engine:
     return Engine.load(path, device=device)
 
 
-def model_folder() -> Path:
+@st.cache_resource
+def device_names() -> list[str]:
+    return [name for name, _ in available_devices()] + ["AUTO"]
+
+
+@st.cache_resource
+def open_store(path: str) -> ConversationStore:
+    return ConversationStore(Path(path))
+
+
+def store() -> ConversationStore:
+    return open_store(str(data_home() / STORE_FILE))  # one store per data folder
+
+
+# ----- the open chat: its id lives in the URL so that a reload keeps it -----
+
+
+def current_chat() -> int | None:
+    value = st.query_params.get("chat")
+    if value is None or not value.isdigit():
+        return None
+    ids = {info.id for info in store().list()}
+    return int(value) if int(value) in ids else None
+
+
+def open_chat(conversation_id: int | None) -> None:
+    if conversation_id is None:
+        st.query_params.pop("chat", None)
+    else:
+        st.query_params["chat"] = str(conversation_id)
+    st.session_state.pop("editing", None)
+
+
+# ----- sidebar -----
+
+
+def chats_sidebar(chat_id: int | None) -> None:
+    st.header("Chats")
+    st.button("➕ New chat", use_container_width=True, on_click=open_chat, args=(None,))
+    chats = store().list()
+    if chats:
+        titles = {info.id: info.title for info in chats}
+        st.radio(
+            "Saved chats",
+            list(titles),
+            index=list(titles).index(chat_id) if chat_id in titles else None,
+            format_func=lambda cid: titles[cid],
+            key=f"chat_list_{chat_id}",
+            label_visibility="collapsed",
+            on_change=lambda: open_chat(st.session_state[f"chat_list_{chat_id}"]),
+        )
+    if chat_id is not None:
+        manage_chat(chat_id)
+    import_chat()
+
+
+def manage_chat(chat_id: int) -> None:
+    messages, title = store().export_chat(chat_id)
+    with st.expander("This chat"):
+        st.text_input(
+            "Title",
+            value=title,
+            key=f"title_{chat_id}",
+            on_change=lambda: rename_chat(chat_id, st.session_state[f"title_{chat_id}"]),
+        )
+        name = "".join(c if c.isalnum() else "-" for c in title).strip("-")[:40] or "chat"
+        document = json.dumps(chat_to_dict(messages, title), ensure_ascii=False, indent=2)
+        st.download_button("Download JSON", document, f"{name}.json", "application/json", use_container_width=True)
+        markdown = chat_to_markdown(messages, title)
+        st.download_button("Download Markdown", markdown, f"{name}.md", "text/markdown", use_container_width=True)
+        if st.session_state.get("confirm_delete") == chat_id:
+            st.warning("Delete this chat for good?")
+            left, right = st.columns(2)
+            left.button("Delete", type="primary", on_click=delete_chat, args=(chat_id,))
+            right.button("Keep", on_click=st.session_state.pop, args=("confirm_delete", None))
+        else:
+            st.button("🗑 Delete chat", on_click=st.session_state.__setitem__, args=("confirm_delete", chat_id))
+
+
+def rename_chat(chat_id: int, title: str) -> None:
+    try:
+        store().rename(chat_id, title)
+    except OvchatError as error:
+        st.session_state.sidebar_error = str(error)
+
+
+def delete_chat(chat_id: int) -> None:
+    store().delete(chat_id)
+    st.session_state.pop("confirm_delete", None)
+    open_chat(None)
+
+
+def import_chat() -> None:
+    """Import a chat file; a malformed one gets a message and changes nothing."""
+    round_ = st.session_state.setdefault("import_round", 0)
+    uploaded = st.file_uploader("Import a chat (JSON)", type=["json"], key=f"import_{round_}")
+    if uploaded is None:
+        return
+    try:
+        messages, title = parse_chat(uploaded.getvalue().decode("utf-8", errors="replace"), origin=uploaded.name)
+        new_id = store().import_chat(messages, title)
+    except OvchatError as error:
+        st.error(str(error))
+        return
+    st.session_state.import_round = round_ + 1  # a fresh uploader, so the file is imported once
+    open_chat(new_id)
+    st.rerun()
+
+
+def model_sidebar() -> tuple[Path | None, str]:
+    st.header("Model")
+    folders = sorted(str(path) for path in models_dir().glob("*") if is_ir_folder(path))
     configured = os.environ.get(MODEL_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    folder = default_model_folder()
-    if not is_ir_folder(folder):
-        with st.status("First run: exporting the default model to OpenVINO...", expanded=True) as status:
+    preferred = configured or str(default_model_folder())
+    if configured and configured not in folders:
+        folders.insert(0, configured)
+    options = [*folders, OTHER_FOLDER]
+    choice = st.selectbox(
+        "Exported model",
+        options,
+        index=options.index(preferred) if preferred in options else 0,
+        format_func=lambda value: value if value == OTHER_FOLDER else Path(value).name,
+        help=f"IR folders under {models_dir()}; export more with export_ir.py.",
+    )
+    if choice == OTHER_FOLDER:
+        typed = st.text_input("Folder", placeholder="/path/to/exported-model")
+        folder = Path(typed).expanduser() if typed.strip() else None
+    else:
+        folder = Path(choice)
+    device = st.selectbox("Device", device_names(), help="The OpenVINO device that runs the model.")
+    return folder, device
 
-            def progress(step: str, event: str, seconds: float | None) -> None:
-                if event == "done":
-                    st.write(f"✓ {step} ({seconds:.1f} s)")
 
-            export_model(None, folder, progress=progress)
-            status.update(label="Default model exported", state="complete")
-    return folder
-
-
-def sidebar_settings() -> GenerationSettings:
-    with st.sidebar:
-        st.header("Sampling")
-        temperature = st.slider(
-            "Temperature", 0.0, 2.0, 0.7, 0.05, help="Higher is more random; 0 always picks the likeliest token."
-        )
-        top_p = st.slider(
-            "Top-p",
-            0.05,
+def sampling_sidebar(context_length: int) -> GenerationSettings:
+    st.header("Sampling")
+    temperature = st.slider(
+        "Temperature",
+        0.0,
+        2.0,
+        0.7,
+        0.05,
+        help="How random the reply is. 0 always takes the likeliest token (same prompt, same reply); "
+        "around 0.7 is natural; above 1 gets creative and then incoherent.",
+    )
+    top_p = st.slider(
+        "Top-p",
+        0.05,
+        1.0,
+        0.9,
+        0.05,
+        help="Sample only from the smallest set of likely tokens whose probabilities add up to p. "
+        "Lower is safer and more focused; 1 turns it off.",
+    )
+    top_k = st.slider(
+        "Top-k", 0, 200, 40, 1, help="Sample only from the k likeliest tokens. 0 turns it off; 20-50 suits chat."
+    )
+    # The reply must fit the context together with the prompt, so the slider stops at half of it.
+    longest = max(16, min(4096, context_length // 2) // 16 * 16)
+    max_new_tokens = st.slider(
+        "Max new tokens",
+        16,
+        longest,
+        min(512, longest),
+        16,
+        help="The longest reply, in tokens (a token is about 3/4 of an English word). "
+        "Older turns are left out when the chat and the reply would not fit the model's context.",
+    )
+    with st.expander("Advanced"):
+        repetition_penalty = st.slider(
+            "Repetition penalty",
             1.0,
-            0.9,
+            2.0,
+            1.1,
             0.05,
-            help="Sample only from the smallest set of tokens whose probability adds up to p.",
+            help="Above 1 makes tokens already in the chat less likely; it stops small models looping.",
         )
-        top_k = st.slider("Top-k", 0, 200, 40, 1, help="Sample only from the k likeliest tokens; 0 turns this off.")
-        max_new_tokens = st.slider("Max new tokens", 16, 2048, 512, 16, help="The longest reply, in tokens.")
-        if st.button("New chat", use_container_width=True):
-            st.session_state.messages = []
-    return GenerationSettings(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens)
+        seed_text = st.text_input("Seed", help="A number makes sampling repeatable; empty is random each time.")
+        stop_text = st.text_area("Stop strings", help="One per line; the reply ends before any of them.")
+    seed = int(seed_text) if seed_text.strip().isdigit() else None
+    if seed_text.strip() and seed is None:
+        st.sidebar.warning("The seed must be a whole number; using a random one.")
+    try:
+        return GenerationSettings(
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=tuple(line for line in stop_text.splitlines() if line),
+        )
+    except OvchatError as error:
+        st.sidebar.warning(f"{error}; using the defaults.")
+        return GenerationSettings()
+
+
+def system_prompt_sidebar(chat_id: int | None) -> str:
+    """The open chat's system prompt; a new chat keeps it until its first message creates the chat."""
+    saved = store().get(chat_id).system_prompt if chat_id is not None else st.session_state.get("new_system", "")
+    with st.sidebar.expander("System prompt", expanded=bool(saved)):
+        text = st.text_area(
+            "System prompt",
+            value=saved,
+            key=f"system_{chat_id}",
+            label_visibility="collapsed",
+            placeholder="For example: You are a concise assistant.",
+            help="Instructions the model sees before the chat; saved with this chat.",
+        )
+    if text != saved:
+        if chat_id is None:
+            st.session_state.new_system = text
+        else:
+            store().set_system_prompt(chat_id, text)
+    return text
+
+
+# ----- the chat -----
+
+
+def first_run_export() -> None:
+    """With no exported model at all, export the default one here, with its progress visible."""
+    folder = default_model_folder()
+    with st.status("First run: exporting the default model to OpenVINO (about a minute)...", expanded=True) as status:
+
+        def progress(step: str, event: str, seconds: float | None) -> None:
+            if event == "done":
+                st.write(f"✓ {step} ({seconds:.1f} s)")
+
+        export_model(None, folder, progress=progress)
+        status.update(label="Default model exported", state="complete")
+
+
+def show_history(chat_id: int | None) -> None:
+    if chat_id is None:
+        return
+    for message in store().get(chat_id).messages:
+        with st.chat_message(message.role):
+            # Markdown, never HTML: model output is not trusted.
+            st.markdown(message.content if message.content else "*(no text)*")
+            if message.role == "assistant":
+                st.caption(describe_reply(message.meta))
+
+
+def regenerate(chat_id: int) -> None:
+    messages = store().get(chat_id).messages
+    if messages and messages[-1].role == "assistant":
+        store().truncate(chat_id, len(messages) - 1)
+    st.session_state.generate = True
+
+
+def resend_edit(chat_id: int) -> None:
+    text = st.session_state.get("edit_text", "").strip()
+    messages = store().get(chat_id).messages
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    if text and last_user is not None:
+        store().truncate(chat_id, last_user)
+        store().add_message(chat_id, "user", text)
+        st.session_state.generate = True
+    st.session_state.pop("editing", None)
+
+
+def chat_actions(chat_id: int) -> None:
+    """Regenerate and edit, under the last turn."""
+    messages = store().get(chat_id).messages
+    last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+    if last_user is None:
+        return
+    if st.session_state.get("editing"):
+        with st.form("edit"):
+            st.text_area("Edit your last message", value=last_user.content, key="edit_text")
+            left, right = st.columns(2)
+            left.form_submit_button("Send", type="primary", on_click=resend_edit, args=(chat_id,))
+            right.form_submit_button("Cancel", on_click=st.session_state.pop, args=("editing", None))
+        return
+    left, right, _ = st.columns([1, 1, 2])
+    left.button("🔄 Regenerate", on_click=regenerate, args=(chat_id,), use_container_width=True)
+    right.button("✏️ Edit", on_click=st.session_state.__setitem__, args=("editing", True), use_container_width=True)
+
+
+def stream_reply(engine: Engine, chat_id: int, settings: GenerationSettings) -> None:
+    with st.chat_message("assistant"):
+        # Any click, this one included, interrupts the running script; stream_into_store then
+        # stops the engine and keeps the partial reply, marked stopped.
+        st.button("⏹ Stop", key="stop")
+        pieces = stream_into_store(engine, store(), chat_id, settings)
+        try:
+            st.write_stream(pieces)
+        except OvchatError as error:
+            st.error(f"{error}")
+            return
+        finally:
+            pieces.close()
+    st.rerun()  # show the reply from the store, with its metrics and the actions under it
 
 
 def main() -> None:
+    chat_id = current_chat()
+    prompt = st.chat_input("Ask anything", key="prompt")  # pinned to the bottom wherever it is called
+    with st.sidebar:
+        chats_sidebar(chat_id)
+        folder, device = model_sidebar()
     st.title("💬 ovchat")
-    settings = sidebar_settings()
+    if folder is None:
+        st.info("Type the path of an exported model folder in the sidebar.")
+        show_history(chat_id)
+        return
     try:
-        folder = model_folder()
-        engine = load_engine(str(folder), "CPU")
+        if not os.environ.get(MODEL_ENV) and folder == default_model_folder() and not is_ir_folder(folder):
+            first_run_export()
+        engine = load_engine(str(folder), device)
     except OvchatError as error:
         st.error(f"{error}")
-        st.info("Export a model with `python export_ir.py`, or set OVCHAT_MODEL to an exported folder.")
+        st.info(
+            "Pick another model in the sidebar, or export this one again: "
+            "`python export_ir.py SOURCE -o FOLDER --force`."
+        )
+        show_history(chat_id)
         return
-    st.caption(f"Model: `{folder.name}` on {engine.device}")
+    with st.sidebar:
+        settings = sampling_sidebar(engine.context_length)
+    system_prompt_sidebar(chat_id)
+    st.caption(f"`{folder.name}` on {engine.device} · context {engine.context_length} tokens")
 
-    messages = st.session_state.setdefault("messages", [])
-    for message in messages:
-        with st.chat_message(message["role"]):
-            st.markdown(message["content"])
-
-    prompt = st.chat_input("Ask anything")
-    if not prompt:
-        return
-    messages.append({"role": "user", "content": prompt})
-    with st.chat_message("user"):
-        st.markdown(prompt)
-    with st.chat_message("assistant"):
-        final: dict[str, object] = {}
-
-        def text_chunks():  # write_stream renders the Markdown as it grows
-            for chunk in engine.stream(messages, settings):
-                if chunk.finish_reason is None:
-                    yield chunk.text
-                else:
-                    final["chunk"] = chunk
-
-        try:
-            reply = st.write_stream(text_chunks())
-        except OvchatError as error:
-            messages.pop()
-            st.error(str(error))
-            return
-        chunk = final.get("chunk")
-        if chunk is not None:
-            rate = f", {chunk.decode_tok_s:.1f} tok/s" if chunk.decode_tok_s else ""
-            st.caption(
-                f"{chunk.new_tokens} tokens, first token {chunk.ttft_s or 0:.2f} s{rate} · {chunk.finish_reason}"
-            )
-    messages.append({"role": "assistant", "content": reply if isinstance(reply, str) else "".join(map(str, reply))})
+    if prompt:
+        if chat_id is None:
+            chat_id = store().create(title_from(prompt), st.session_state.pop("new_system", ""))
+            open_chat(chat_id)
+        store().add_message(chat_id, "user", prompt)
+        st.session_state.generate = True
+    show_history(chat_id)
+    if chat_id is not None and st.session_state.pop("generate", False):
+        stream_reply(engine, chat_id, settings)
+    elif chat_id is not None:
+        chat_actions(chat_id)
 
 
 main()

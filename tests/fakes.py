@@ -61,6 +61,7 @@ class FakeEngine:
     trimmed_turns: int = 0
     path: Path = Path("fake-model")
     device: str = "CPU"
+    context_length: int = 2048
     calls: list[tuple[list[Message], GenerationSettings]] = field(default_factory=list)
 
     def stream(

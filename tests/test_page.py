@@ -1,44 +1,241 @@
-"""The chat page, driven by Streamlit's AppTest on a real (tiny) exported model."""
+"""The chat page under Streamlit's AppTest: a scripted engine for the UI logic, the real models for a turn."""
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakes import FakeEngine
+
+from ovchat.engine import Engine
+from ovchat.settings import GenerationSettings
+from ovchat.store import ConversationStore
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGE = str(ROOT / "chat_streamlit.py")
+CAPTION = re.compile(r"^(\d+) tokens · first token [\d.]+ s( · [\d.]+ tok/s)? · (eos|length|stopped)")
 
 
-def test_one_turn_streams_a_reply_with_metrics(tiny_irs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True)
+def fresh_streamlit_caches() -> Iterator[None]:
+    """Engines and stores are cached per process by st.cache_resource; each test starts clean."""
+    import streamlit as st
+
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def fake_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeEngine:
+    engine = FakeEngine()
+    monkeypatch.setattr(Engine, "load", classmethod(lambda cls, path, device="CPU", **kwargs: engine))
+    monkeypatch.setenv("OVCHAT_MODEL", str(tmp_path / "fake-model"))
+    return engine
+
+
+def open_page(query: dict[str, str] | None = None, timeout: float = 60):
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv("OVCHAT_MODEL", str(tiny_irs["int8"]))
-    app = AppTest.from_file(str(ROOT / "chat_streamlit.py"), default_timeout=120)
+    app = AppTest.from_file(PAGE, default_timeout=timeout)
+    for key, value in (query or {}).items():
+        app.query_params[key] = value
     app.run()
-    assert not app.exception
-    assert [s.label for s in app.sidebar.slider] == ["Temperature", "Top-p", "Top-k", "Max new tokens"]
-    app.sidebar.slider[3].set_value(16)
-    app.chat_input[0].set_value("Hello there").run()
-    assert not app.exception
-    roles = [message.name for message in app.chat_message]
-    assert roles == ["user", "assistant"]
-    caption = app.chat_message[1].caption[0].value
-    match = re.match(r"(\d+) tokens, first token [\d.]+ s(, [\d.]+ tok/s)? · (eos|length)$", caption)
-    assert match, caption
-    assert 1 <= int(match.group(1)) <= 16
-    assert app.session_state["messages"][1]["role"] == "assistant"
-    assert app.session_state["messages"][1]["content"].strip()
+    assert not app.exception, app.exception
+    return app
 
 
-def test_a_broken_model_folder_shows_an_error_and_the_page_stays_up(
+def send(app, text: str):
+    app.chat_input[0].set_value(text).run()
+    assert not app.exception, app.exception
+    return app
+
+
+def button(app, label: str):
+    return next(b for b in app.button if b.label == label)
+
+
+def shown(app) -> list[tuple[str, str]]:
+    return [(message.name, message.markdown[0].value) for message in app.chat_message]
+
+
+def test_sliders_and_advanced_settings_reach_the_engine(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    sliders = {s.label: s for s in app.sidebar.slider}
+    assert list(sliders) == ["Temperature", "Top-p", "Top-k", "Max new tokens", "Repetition penalty"]
+    assert all(s.help for s in sliders.values())
+    sliders["Temperature"].set_value(0.3)
+    sliders["Top-p"].set_value(0.5)
+    sliders["Top-k"].set_value(7)
+    sliders["Max new tokens"].set_value(64)
+    sliders["Repetition penalty"].set_value(1.3)
+    next(t for t in app.sidebar.text_input if t.label == "Seed").set_value("42")
+    next(t for t in app.sidebar.text_area if t.label == "Stop strings").set_value("END\nUser:")
+    send(app, "hello")
+    assert fake_engine.calls[-1][1] == GenerationSettings(
+        temperature=0.3, top_p=0.5, top_k=7, max_new_tokens=64, repetition_penalty=1.3, seed=42, stop=("END", "User:")
+    )
+
+
+def test_history_grows_and_every_reply_has_its_metrics(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    send(app, "first question")
+    send(app, "second question")
+    assert shown(app) == [
+        ("user", "first question"),
+        ("assistant", "You said: first question"),
+        ("user", "second question"),
+        ("assistant", "You said: second question"),
+    ]
+    assert [m["role"] for m in fake_engine.calls[1][0]] == ["user", "assistant", "user"]
+    for message in app.chat_message[1::2]:
+        assert CAPTION.match(message.caption[0].value), message.caption[0].value
+
+
+def test_system_prompt_is_sent_first_and_kept_with_the_chat(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    next(t for t in app.sidebar.text_area if t.label == "System prompt").set_value("Answer in French.").run()
+    send(app, "hello")
+    assert fake_engine.calls[-1][0][0] == {"role": "system", "content": "Answer in French."}
+    (chat,) = ConversationStore().list()
+    assert ConversationStore().get(chat.id).system_prompt == "Answer in French."
+
+
+def test_model_output_is_markdown_never_html(fake_engine: FakeEngine) -> None:
+    fake_engine.reply = lambda messages: "<script>alert(1)</script> **bold**"
+    app = open_page()
+    send(app, "hi")
+    element = app.chat_message[1].markdown[0]
+    assert element.value == "<script>alert(1)</script> **bold**"
+    assert element.proto.allow_html is False
+
+
+def test_stop_keeps_the_partial_reply_marked_stopped(fake_engine: FakeEngine) -> None:
+    import streamlit as st
+
+    def click_stop(index: int, cancel: threading.Event) -> None:
+        # Streamlit interrupts a running script when any button is clicked; st.stop() raises the same
+        # StopException inside the script, here in the middle of the reply.
+        if index == 2:
+            st.stop()
+
+    fake_engine.reply = lambda messages: "one two three four five six seven"
+    fake_engine.on_chunk = click_stop
+    app = open_page()
+    send(app, "tell me a story")
+    app.run()
+    assert shown(app)[-1] == ("assistant", "one two three")
+    assert app.chat_message[1].caption[0].value.endswith("stopped")
+    (chat,) = ConversationStore().list()
+    assert ConversationStore().get(chat.id).messages[-1].meta["stopped"] is True
+
+
+def test_regenerate_replaces_the_last_reply(fake_engine: FakeEngine) -> None:
+    replies = iter(["first answer", "second answer"])
+    fake_engine.reply = lambda messages: next(replies)
+    app = open_page()
+    send(app, "question")
+    button(app, "🔄 Regenerate").click().run()
+    assert shown(app) == [("user", "question"), ("assistant", "second answer")]
+    assert fake_engine.calls[1][0] == [{"role": "user", "content": "question"}]
+
+
+def test_edit_the_last_message_and_resend(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    send(app, "first")
+    send(app, "wrong question")
+    button(app, "✏️ Edit").click().run()
+    assert app.text_area(key="edit_text").value == "wrong question"
+    app.text_area(key="edit_text").set_value("right question")
+    next(b for b in app.button if b.label == "Send").click().run()
+    assert not app.exception
+    texts = [text for _, text in shown(app)]
+    assert texts == ["first", "You said: first", "right question", "You said: right question"]
+
+
+def test_new_chat_switch_back_and_reload_keep_the_chats(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    send(app, "about cats")
+    first_id = app.query_params["chat"]
+    button(app, "➕ New chat").click().run()
+    assert shown(app) == [] and "chat" not in app.query_params
+    send(app, "about dogs")
+    assert shown(app)[0] == ("user", "about dogs")
+    chats = app.sidebar.radio[0]
+    assert chats.options == ["about dogs", "about cats"]  # the titles, newest first
+    chats.set_value(int(first_id)).run()
+    assert shown(app)[0] == ("user", "about cats")
+    reloaded = open_page({"chat": first_id})  # a browser reload: a new session, the same URL
+    assert shown(reloaded) == [("user", "about cats"), ("assistant", "You said: about cats")]
+
+
+def test_rename_and_delete_a_chat(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    send(app, "hello")
+    app.sidebar.text_input(key=f"title_{app.query_params['chat']}").set_value("Greetings").run()
+    assert [c.title for c in ConversationStore().list()] == ["Greetings"]
+    button(app, "🗑 Delete chat").click().run()
+    assert ConversationStore().list() != []  # asks first
+    button(app, "Delete").click().run()
+    assert ConversationStore().list() == [] and shown(app) == []
+
+
+def test_download_json_and_markdown(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    send(app, "数学 😀")
+    downloads = {d.label: d for d in app.get("download_button")}
+    assert set(downloads) == {"Download JSON", "Download Markdown"}
+
+
+def test_import_a_chat_and_reject_a_malformed_one(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    good = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
+    broken = b'{"format": "ovchat.chat", "version": 1, "messages": [{"role": "bot"}]}'
+    app.sidebar.file_uploader[0].upload("broken.json", broken).run()
+    assert "message 0 has no valid role" in app.sidebar.error[0].value
+    assert ConversationStore().list() == []
+    app.sidebar.file_uploader[0].upload("good.json", json.dumps(good).encode()).run()
+    assert not app.exception
+    assert shown(app) == [("user", "hi"), ("assistant", "hello")]
+    (chat,) = ConversationStore().list()
+    assert ConversationStore().get(chat.id).system_prompt == "Be brief."
+
+
+def test_a_broken_model_folder_shows_the_error_and_the_page_stays_usable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streamlit.testing.v1 import AppTest
-
     (tmp_path / "broken").mkdir()
     monkeypatch.setenv("OVCHAT_MODEL", str(tmp_path / "broken"))
-    app = AppTest.from_file(str(ROOT / "chat_streamlit.py"), default_timeout=60)
-    app.run()
-    assert not app.exception
+    app = open_page()
     assert "missing openvino_model.xml" in app.error[0].value
+    assert "export_ir.py" in app.info[0].value
+    assert button(app, "➕ New chat") is not None and app.sidebar.selectbox  # the sidebar still works
+
+
+def test_one_turn_on_the_tiny_model(tiny_irs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OVCHAT_MODEL", str(tiny_irs["int8"]))
+    app = open_page(timeout=120)
+    next(s for s in app.sidebar.slider if s.label == "Max new tokens").set_value(16)
+    send(app, "Hello there")
+    assert [name for name, _ in shown(app)] == ["user", "assistant"]
+    match = CAPTION.match(app.chat_message[1].caption[0].value)
+    assert match and 1 <= int(match.group(1)) <= 16
+
+
+@pytest.mark.slow
+def test_one_turn_on_the_default_model(default_model_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OVCHAT_HOME", str(default_model_home))
+    monkeypatch.delenv("OVCHAT_MODEL", raising=False)
+    app = open_page(timeout=180)
+    next(s for s in app.sidebar.slider if s.label == "Temperature").set_value(0.0)
+    send(app, "What is the capital of France?")
+    assert "Paris" in shown(app)[1][1]
+    assert CAPTION.match(app.chat_message[1].caption[0].value).group(3) == "eos"
