@@ -148,10 +148,14 @@ def import_chat() -> None:
 def model_sidebar() -> tuple[Path | None, str]:
     st.header("Model")
     folders = sorted(str(path) for path in models_dir().glob("*") if is_ir_folder(path))
+    default = str(default_model_folder())
     configured = os.environ.get(MODEL_ENV)
-    preferred = configured or str(default_model_folder())
-    if configured and configured not in folders:
-        folders.insert(0, configured)
+    # Open the configured model, else the default one if exported (or if nothing is: the first
+    # run exports it), else the first exported one rather than start a minute-long export.
+    preferred = configured or (default if default in folders or not folders else folders[0])
+    for offered in (preferred, default):  # the default is offered even before its export
+        if offered not in folders:
+            folders.append(offered)
     options = [*folders, OTHER_FOLDER]
     choice = st.selectbox(
         "Exported model",

@@ -239,3 +239,82 @@ def test_one_turn_on_the_default_model(default_model_home: Path, monkeypatch: py
     send(app, "What is the capital of France?")
     assert "Paris" in shown(app)[1][1]
     assert CAPTION.match(app.chat_message[1].caption[0].value).group(3) == "eos"
+
+
+def test_two_tabs_chatting_at_once_get_complete_separate_replies(
+    tiny_irs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OVCHAT_MODEL", str(tiny_irs["int8"]))
+    prompts = ["Hello there", "def add(a, b):"]
+
+    def greedy_tab():
+        app = open_page(timeout=120)
+        next(s for s in app.sidebar.slider if s.label == "Temperature").set_value(0.0)
+        next(s for s in app.sidebar.slider if s.label == "Max new tokens").set_value(48)
+        return app
+
+    alone = [shown(send(greedy_tab(), prompt))[1][1] for prompt in prompts]
+    assert alone[0] != alone[1]
+    tabs = [greedy_tab() for _ in prompts]
+    threads = [threading.Thread(target=send, args=(tab, prompt)) for tab, prompt in zip(tabs, prompts, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert [shown(tab)[1][1] for tab in tabs] == alone
+    assert len(ConversationStore().list()) == 4
+
+
+def test_first_run_exports_the_default_model_with_progress_then_chats(
+    tiny_irs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import ovchat.export
+
+    exported: list[Path] = []
+
+    def export_tiny_instead(source: object, output: Path, progress=None, **kwargs: object) -> None:
+        # The real export takes a minute and is covered by the export tests and `ovchat prepare`;
+        # here the tiny model stands in, with the same progress calls.
+        for step in ("load", "convert", "compress", "save", "check"):
+            progress(step, "start", None)
+            progress(step, "done", 0.1)
+        shutil.copytree(tiny_irs["int8"], output)
+        exported.append(output)
+
+    monkeypatch.setattr(ovchat.export, "export_model", export_tiny_instead)
+    monkeypatch.delenv("OVCHAT_MODEL", raising=False)
+    app = open_page(timeout=120)
+    assert exported == [ovchat.export.default_model_folder()]
+    assert app.status[0].label == "Default model exported"
+    assert [m.value for m in app.status[0].markdown][:2] == ["✓ load (0.1 s)", "✓ convert (0.1 s)"]
+    next(s for s in app.sidebar.slider if s.label == "Max new tokens").set_value(16)
+    send(app, "Hello there")
+    assert exported == [ovchat.export.default_model_folder()]  # once
+    assert [name for name, _ in shown(app)] == ["user", "assistant"]
+
+
+def test_model_and_device_pickers_list_what_is_there(
+    tiny_irs: dict[str, Path], fake_engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from ovchat.paths import models_dir
+
+    for name in ("tiny-int8", "tiny-int4"):
+        shutil.copytree(tiny_irs["int8"], models_dir() / name)
+    (models_dir() / "not-a-model").mkdir()
+    monkeypatch.delenv("OVCHAT_MODEL")
+    app = open_page()
+    models = next(s for s in app.sidebar.selectbox if s.label == "Exported model")
+    # The default model is offered for export, but an exported model is opened first.
+    assert models.options == ["tiny-int4", "tiny-int8", "SmolLM2-135M-Instruct-int8", "Other folder..."]
+    assert models.value == str(models_dir() / "tiny-int4")
+    devices = next(s for s in app.sidebar.selectbox if s.label == "Device")
+    assert "CPU" in devices.options and devices.options[-1] == "AUTO"
+    models.set_value(str(models_dir() / "tiny-int4")).run()
+    assert "tiny-int4" in app.caption[0].value
+    models.set_value("Other folder...").run()
+    next(t for t in app.sidebar.text_input if t.label == "Folder").set_value(str(tiny_irs["fp16"])).run()
+    assert tiny_irs["fp16"].name in app.caption[0].value
