@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -26,6 +27,7 @@ from ovchat.transcript import chat_to_dict, chat_to_markdown, parse_chat
 
 MODEL_ENV = "OVCHAT_MODEL"  # an IR folder to open first instead of the default model
 OTHER_FOLDER = "Other folder..."
+REPLY_SAVE_WAIT_S = 10.0  # stopping a reply takes one token and one write; this is a generous bound
 
 st.set_page_config(page_title="ovchat", page_icon="💬")
 
@@ -320,6 +322,8 @@ def chat_actions(chat_id: int) -> None:
 
 
 def stream_reply(engine: Engine, chat_id: int, settings: GenerationSettings) -> None:
+    saved = threading.Event()
+    st.session_state.reply_saved = saved
     with st.chat_message("assistant"):
         # Any click, this one included, interrupts the running script; stream_into_store then
         # stops the engine and keeps the partial reply, marked stopped.
@@ -332,10 +336,20 @@ def stream_reply(engine: Engine, chat_id: int, settings: GenerationSettings) -> 
             return
         finally:
             pieces.close()
+            saved.set()
     st.rerun()  # show the reply from the store, with its metrics and the actions under it
 
 
+def wait_for_the_last_reply() -> None:
+    """With fast reruns, the run a Stop click starts can begin before the interrupted run has
+    saved the partial reply; wait for that save, so the page shows the reply as stopped."""
+    saved = st.session_state.get("reply_saved")
+    if saved is not None:
+        saved.wait(timeout=REPLY_SAVE_WAIT_S)
+
+
 def main() -> None:
+    wait_for_the_last_reply()
     chat_id = current_chat()
     prompt = st.chat_input("Ask anything", key="prompt")  # pinned to the bottom wherever it is called
     with st.sidebar:

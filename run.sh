@@ -37,6 +37,30 @@ setup() {
     fi
 }
 
+# The browser test (tests/test_browser.py) drives Debian's chromium through Playwright; Playwright's own
+# browser download is never used. The colour emoji font is for the page's emoji in the screenshot it saves.
+# Checked on every test and setup run, outside the pip stamp: these are system packages that .venv's stamp
+# knows nothing about, and the check is two file tests.
+CHROMIUM=/usr/bin/chromium
+EMOJI_FONT=/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+
+ensure_chromium() {
+    [ -x "$CHROMIUM" ] && [ -e "$EMOJI_FONT" ] && return
+    local packages="chromium fonts-noto-color-emoji" sudo=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+        sudo=sudo
+    fi
+    if ! command -v apt-get >/dev/null 2>&1 || { [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; }; then
+        echo "run.sh: warning: tests/test_browser.py needs $CHROMIUM; install as root: apt-get install $packages" >&2
+        return
+    fi
+    echo "run.sh: installing Debian's $packages for the browser test (under a minute, once)" >&2
+    if ! { $sudo apt-get update -qq &&
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages >/dev/null; }; then
+        echo "run.sh: warning: could not install $packages; tests/test_browser.py needs $CHROMIUM" >&2
+    fi
+}
+
 run_tests() {
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
@@ -63,10 +87,12 @@ case "$command" in
         ;;
     test)
         setup
+        ensure_chromium
         run_tests "$@"
         ;;
     setup)
         setup
+        ensure_chromium
         ;;
     *)
         echo "run.sh: error: unknown command '$command' (use: chat, test or setup)" >&2

@@ -1,0 +1,240 @@
+"""The chat page in a real browser: `streamlit run chat_streamlit.py` driven by Debian's Chromium through Playwright.
+
+./run.sh installs /usr/bin/chromium with apt-get; Playwright's own browser download is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ovchat.paths import HOME_ENV
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Locator, Page
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+UPDATE_SCREENSHOT_ENV = "OVCHAT_UPDATE_SCREENSHOT"  # set to 1 to rewrite docs/screenshot.png
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+CHAT_INPUT = '[data-testid="stChatInputTextArea"]'
+MESSAGE = '[data-testid="stChatMessage"]'
+CAPTION = '[data-testid="stCaptionContainer"]'
+# The reply's own text: the message's Markdown, less its caption and the labels of buttons inside it
+# (the page renders its Stop button inside the streaming reply).
+REPLY_TEXT_JS = """message => [...message.querySelectorAll('[data-testid="stMarkdownContainer"]')]
+    .filter(el => !el.closest('[data-testid="stCaptionContainer"]') && !el.closest('button'))
+    .map(el => el.innerText).join('\\n').trim()"""
+
+SERVER_START_S = 60
+MODEL_LOAD_MS = 180_000  # loading and compiling the model with an empty OpenVINO cache, with room to spare
+REPLY_MS = 180_000  # a whole reply of at most 512 tokens on two cores
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(server: subprocess.Popen[bytes], url: str, stderr_log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().decode().strip() == "ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    state = f"exited with {server.returncode}" if server.poll() is not None else f"not healthy in {SERVER_START_S} s"
+    pytest.fail(f"streamlit {state}; its stderr:\n{stderr_log.read_text(errors='replace')[-5000:]}")
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """End the server and anything it started (it runs in its own process group)."""
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing: ./run.sh installs it with `apt-get install chromium`, which needs root"
+        if os.geteuid() == 0 or os.environ.get("CI"):
+            pytest.fail(reason)  # here run.sh could have installed it, so its absence is an error
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def chat_server(default_model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`streamlit run chat_streamlit.py` on a free port; its URL.
+
+    Its data folder links to the already exported default model, so the page starts without exporting,
+    while the chats the page saves stay out of the session's shared default_model_home.
+    """
+    folder = tmp_path_factory.mktemp("browser")
+    home = folder / "home"
+    home.mkdir()
+    (home / "models").symlink_to(default_model_home / "models", target_is_directory=True)
+    env = {**os.environ, HOME_ENV: str(home)}
+    env.pop("OVCHAT_MODEL", None)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        *(sys.executable, "-m", "streamlit", "run", "chat_streamlit.py"),
+        *("--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1"),
+        # No reruns or "source changed" banners if the page's file is edited during the run.
+        *("--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"),
+    ]
+    stdout_log, stderr_log = folder / "streamlit.out", folder / "streamlit.err"
+    with stdout_log.open("wb") as out, stderr_log.open("wb") as err:
+        server = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+        )
+    try:
+        wait_until_healthy(server, url, stderr_log)
+        yield url
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture
+def page(browser: Browser, chat_server: str) -> Iterator[Page]:
+    """A fresh browser context, so a fresh Streamlit session and a new chat, with the page loaded."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(chat_server)
+        page.locator(CHAT_INPUT).wait_for(timeout=MODEL_LOAD_MS)
+        yield page
+    finally:
+        context.close()
+
+
+def reply_text(message: Locator) -> str:
+    return message.evaluate(REPLY_TEXT_JS)
+
+
+def send(page: Page, prompt: str) -> Locator:
+    """Type a prompt in the chat input, press Enter; the assistant message that answers it."""
+    messages = page.locator(MESSAGE)
+    before = messages.count()
+    chat_input = page.locator(CHAT_INPUT)
+    chat_input.fill(prompt)
+    chat_input.press("Enter")
+    # The prompt's own message first, then the assistant's: index them, since the page reruns and
+    # re-renders the whole chat when a reply ends.
+    page.wait_for_function(
+        "([selector, count]) => document.querySelectorAll(selector).length >= count",
+        arg=[MESSAGE, before + 2],
+        timeout=MODEL_LOAD_MS,
+    )
+    assert prompt in messages.nth(before).inner_text()
+    return messages.nth(before + 1)
+
+
+def wait_for_text(message: Locator, timeout_s: float = REPLY_MS / 1000) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = reply_text(message)
+        if text:
+            return text
+        time.sleep(0.02)
+    pytest.fail(f"no reply text in {timeout_s:.0f} s")
+
+
+def set_temperature_to_zero(page: Page) -> None:
+    """Greedy decoding, so the reply is the same every run (the slider's Home key goes to its minimum)."""
+    page.get_by_role("slider", name="Temperature").press("Home", timeout=MODEL_LOAD_MS)  # shown once loaded
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text="Temperature")
+    slider.locator('[data-testid="stSliderThumbValue"]').filter(has_text="0.00").wait_for()
+
+
+def test_a_question_streams_an_answer_with_its_metrics(page: Page, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    set_temperature_to_zero(page)
+    reply = send(page, "What is the capital of France?")
+
+    # Streaming: sample the reply's text length until the finished reply's caption shows. Honest caveat: the
+    # answer is one short sentence (~8 tokens, a fraction of a second), so the sampling may miss every
+    # intermediate state; then the only claim left is that a non-empty reply arrived.
+    lengths: list[int] = []
+    finished = reply.locator(CAPTION).filter(has_text="tok/s")
+    deadline = time.monotonic() + REPLY_MS / 1000
+    while time.monotonic() < deadline and not finished.count():
+        lengths.append(len(reply_text(reply)))
+        time.sleep(0.02)
+    expect(finished).to_be_visible(timeout=5_000)  # fails here if the reply never finished
+    text = reply_text(reply)
+    seen = [n for n in lengths if n]  # the text's length each time it was sampled while the reply ran
+    grew = bool(seen) and seen[0] < len(text)  # seen part-way through, longer at the end
+    if not grew:
+        warnings.warn(f"the reply finished before a partial text was seen: {lengths}", stacklevel=1)
+    assert text
+    assert "Paris" in text, text
+    caption = finished.inner_text()
+    assert re.search(r"\d+ tokens", caption), caption
+
+    # The README's screenshot is refreshed on request only, so that test runs leave the work tree clean.
+    targets = [tmp_path / "screenshot.png"] + ([SCREENSHOT] if os.environ.get(UPDATE_SCREENSHOT_ENV) else [])
+    for path in targets:
+        page.screenshot(path=str(path), full_page=True)
+        data = path.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 20_000, (path, len(data))
+
+
+def stop_button(page: Page) -> Locator:
+    """The page's Stop button, not Streamlit's own: its status widget in the header can show a "Stop" button
+    while a script runs (it stays hidden with this project's config today), and a chat input with
+    submit_mode="stop" has a "Stop script" button that ends the script instead of the reply."""
+    return page.get_by_role("button", name=re.compile("Stop")).and_(
+        page.locator(':not([data-testid="stHeader"] *):not([data-testid="stChatInputStopButton"])')
+    )
+
+
+def test_stop_keeps_the_partial_reply_marked_stopped(page: Page) -> None:
+    from playwright.sync_api import expect
+
+    reply = send(page, "Write a very long story about a dragon who learns to cook.")
+    wait_for_text(reply)
+    stop = stop_button(page)
+    expect(stop, "the page shows a Stop button while a reply streams").to_be_visible(timeout=10_000)
+    stop.click()
+    stopped = reply.locator(CAPTION).filter(has_text="stopped")
+    expect(stopped, "the stopped reply's caption says 'stopped'").to_be_visible(timeout=20_000)
+    assert reply_text(reply)
