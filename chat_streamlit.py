@@ -91,6 +91,8 @@ def chats_sidebar(chat_id: int | None) -> None:
         )
     if chat_id is not None:
         manage_chat(chat_id)
+    if "sidebar_error" in st.session_state:  # from a callback, which runs before this script
+        st.error(st.session_state.pop("sidebar_error"))
     import_chat()
 
 

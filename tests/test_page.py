@@ -176,7 +176,11 @@ def test_new_chat_switch_back_and_reload_keep_the_chats(fake_engine: FakeEngine)
 def test_rename_and_delete_a_chat(fake_engine: FakeEngine) -> None:
     app = open_page()
     send(app, "hello")
-    app.sidebar.text_input(key=f"title_{app.query_params['chat']}").set_value("Greetings").run()
+    title = app.sidebar.text_input(key=f"title_{app.query_params['chat']}")
+    title.set_value("   ").run()
+    assert app.sidebar.error[0].value == "a chat's title cannot be empty"
+    assert [c.title for c in ConversationStore().list()] == ["hello"]
+    title.set_value("Greetings").run()
     assert [c.title for c in ConversationStore().list()] == ["Greetings"]
     button(app, "🗑 Delete chat").click().run()
     assert ConversationStore().list() != []  # asks first
@@ -318,3 +322,18 @@ def test_model_and_device_pickers_list_what_is_there(
     models.set_value("Other folder...").run()
     next(t for t in app.sidebar.text_input if t.label == "Folder").set_value(str(tiny_irs["fp16"])).run()
     assert tiny_irs["fp16"].name in app.caption[0].value
+
+
+def test_the_page_is_served_on_localhost_without_telemetry() -> None:
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "localhost"
+    assert config["browser"]["gatherUsageStats"] is False
+
+
+def test_a_note_shows_when_older_turns_were_left_out(fake_engine: FakeEngine) -> None:
+    fake_engine.trimmed_turns = 3
+    app = open_page()
+    send(app, "hello")
+    assert app.chat_message[1].caption[0].value.endswith("3 older turns left out to fit the context")
