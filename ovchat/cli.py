@@ -295,6 +295,44 @@ def run_ask(args: argparse.Namespace) -> int:
     return 130 if final.finish_reason == "cancelled" else 0
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ovchat.bench import TABLE_HEADER, draw_chart, format_table, plan_bench, run_bench, source_checkpoint
+
+    engines = [name.strip() for name in args.engines.split(",")] if args.engines else None
+    model = args.model if args.model is not None else ensure_default_model(args.verbose)
+    plan = plan_bench(model, engines, args.quick, args.threads, source_checkpoint)
+    console = Console(stderr=True, highlight=False)
+    for name, why in plan.notes.items():
+        console.print(f"[yellow]skipped {name}[/yellow]: {why}")
+    started = time.perf_counter()
+    with console.status("starting") as status:
+        report = run_bench(plan, progress=lambda message: status.update(message))
+    report["seconds"] = time.perf_counter() - started
+    title = f"{model.name} · {plan.threads} threads · medians of {plan.rounds} rounds · (ratio to llama.cpp)"
+    table = Table(title=title)
+    for column in TABLE_HEADER:
+        table.add_column(column, justify="left" if column == "engine" else "right")
+    for row in format_table(report):
+        table.add_row(*row)
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        out = Console(highlight=False, width=160)  # a file or a pipe: keep the table's rows whole
+    out.print(table)
+    json_path = args.json or data_home() / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    console.print(f"JSON: {json_path}  ({report['seconds']:.0f} s)")
+    if args.plot:
+        draw_chart(report, args.plot)
+        console.print(f"Chart: {args.plot}")
+    return 0
+
+
 def run_devices(args: argparse.Namespace) -> int:
     from ovchat.engine import available_devices
 
@@ -328,6 +366,16 @@ def build_parser() -> OneLineArgumentParser:
     ask.add_argument("--system", help="system prompt")
     ask.add_argument("--json", action="store_true", help="print one JSON object with the text and the metrics")
     ask.set_defaults(handler=run_ask)
+
+    bench = commands.add_parser("bench", help="measure the chat path against llama.cpp, openvino-genai and PyTorch")
+    bench.add_argument("-m", "--model", type=Path, help="an IR folder (default: the default model)")
+    bench.add_argument("--engines", help="comma-separated subset of ovchat,optimum,genai,llamacpp,pytorch")
+    bench.add_argument("--quick", action="store_true", help="2 rounds of 64 new tokens instead of 5 of 128")
+    bench.add_argument("--threads", type=int, help="CPU threads for every engine (default: all cores)")
+    bench.add_argument("--json", type=Path, help="write the report here (default: $OVCHAT_HOME/bench/)")
+    bench.add_argument("--plot", type=Path, help="draw a PNG chart here")
+    bench.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    bench.set_defaults(handler=run_bench)
 
     devices = commands.add_parser("devices", help="list the OpenVINO devices")
     devices.set_defaults(handler=run_devices)

@@ -1,0 +1,227 @@
+"""The engines ``ovchat bench`` compares, each behind one small interface.
+
+Every engine runs in its own worker process (``python -m ovchat.bench_engines ENGINE ...``) so
+that its load time is cold, its peak memory is its own, and one engine's threads never share
+a process with another's. The worker reads one JSON command per line on stdin and answers one
+JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ovchat.chat import Message
+
+ENGINE_NAMES: tuple[str, ...] = ("ovchat", "optimum", "genai", "llamacpp", "pytorch")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured reply: prompt size, time to the first token, decode speed after it."""
+
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float
+    decode_tok_s: float | None
+
+
+def decode_rate(new_tokens: int, seconds_after_first: float) -> float | None:
+    """Tokens per second after the first token; None when there is nothing to divide."""
+    if new_tokens < 2 or seconds_after_first <= 0:
+        return None
+    return (new_tokens - 1) / seconds_after_first
+
+
+class BenchEngine:
+    """Load once, then answer ``run`` with greedy decoding of at most ``max_new_tokens``."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.options = options
+
+    def run(self, messages: list[Message], prompt: str, max_new_tokens: int) -> Sample:
+        raise NotImplementedError
+
+
+class OvchatEngine(BenchEngine):
+    """The page's path exactly: Engine.stream with the streamer, stop cutter and metrics."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        super().__init__(options)
+        from ovchat.engine import Engine
+
+        self.engine = Engine.load(options.ir, ov_config=ov_threads(options.threads))
+
+    def run(self, messages: list[Message], prompt: str, max_new_tokens: int) -> Sample:
+        from ovchat.settings import GenerationSettings
+
+        settings = GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=max_new_tokens)
+        final = list(self.engine.stream(messages, settings))[-1]
+        return Sample(final.prompt_tokens, final.new_tokens, final.ttft_s or 0.0, final.decode_tok_s)
+
+
+class OptimumEngine(BenchEngine):
+    """OVModelForCausalLM.generate with no streamer: the floor for the page's Python loop."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        super().__init__(options)
+        from ovchat.engine import Engine
+
+        engine = Engine.load(options.ir, ov_config=ov_threads(options.threads))
+        self.model, self.tokenizer = engine.model, engine.tokenizer
+
+    def run(self, messages: list[Message], prompt: str, max_new_tokens: int) -> Sample:
+        return timed_hf_generate(self.model, self.tokenizer, prompt, max_new_tokens)
+
+
+class PytorchEngine(BenchEngine):
+    """transformers on the same weights in fp32 (the checkpoint the export started from)."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        super().__init__(options)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(options.threads)
+        self.model = AutoModelForCausalLM.from_pretrained(options.checkpoint, torch_dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(options.ir)
+
+    def run(self, messages: list[Message], prompt: str, max_new_tokens: int) -> Sample:
+        import torch
+
+        with torch.inference_mode():
+            return timed_hf_generate(self.model, self.tokenizer, prompt, max_new_tokens)
+
+
+def timed_hf_generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> Sample:
+    """TTFT from a one-token generate, decode speed from the full one: no streamer in the loop."""
+    import torch
+
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    options = {"do_sample": False, "attention_mask": torch.ones_like(ids), "pad_token_id": tokenizer.pad_token_id}
+    started = time.perf_counter()
+    model.generate(ids, max_new_tokens=1, min_new_tokens=1, **options)
+    ttft = time.perf_counter() - started
+    started = time.perf_counter()
+    output = model.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, **options)
+    total = time.perf_counter() - started
+    new_tokens = output.shape[1] - ids.shape[1]
+    return Sample(ids.shape[1], new_tokens, ttft, decode_rate(new_tokens, total - ttft))
+
+
+class GenaiEngine(BenchEngine):
+    """openvino-genai's LLMPipeline (C++ generation loop) on the same IR folder."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        super().__init__(options)
+        import openvino_genai
+
+        from ovchat.engine import DEFAULT_CPU_CONFIG
+        from ovchat.paths import cache_dir
+
+        config = {**DEFAULT_CPU_CONFIG, **ov_threads(options.threads), "CACHE_DIR": str(cache_dir())}
+        self.genai = openvino_genai
+        self.pipeline = openvino_genai.LLMPipeline(str(options.ir), "CPU", **config)
+
+    def run(self, messages: list[Message], prompt: str, max_new_tokens: int) -> Sample:
+        config = self.genai.GenerationConfig()
+        config.max_new_tokens = max_new_tokens
+        config.min_new_tokens = max_new_tokens
+        config.do_sample = False
+        result = self.pipeline.generate([prompt], config)
+        metrics = result.perf_metrics
+        per_token_ms = metrics.get_tpot().mean
+        return Sample(
+            int(metrics.get_num_input_tokens()),
+            int(metrics.get_num_generated_tokens()),
+            metrics.get_ttft().mean / 1000,
+            1000 / per_token_ms if per_token_ms > 0 else None,
+        )
+
+
+class LlamacppEngine(BenchEngine):
+    """llama.cpp through llama-cpp-python on the GGUF file the IR was exported from."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        super().__init__(options)
+        from llama_cpp import Llama
+
+        self.llm = Llama(
+            model_path=str(options.gguf), n_ctx=4096, n_threads=options.threads, n_threads_batch=options.threads,
+            verbose=False,
+        )  # fmt: skip
+
+    def run(self, messages: list[Message], prompt: str, max_new_tokens: int) -> Sample:
+        self.llm.reset()  # no reuse of the previous prompt's KV cache: every prompt is cold
+        ids = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        started = time.perf_counter()
+        first_at = None
+        count = 0
+        eos = self.llm.token_eos()
+
+        def ban_eos(input_ids: Any, scores: Any) -> Any:
+            scores[eos] = -float("inf")  # every engine decodes the same number of tokens
+            return scores
+
+        for _ in self.llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, logits_processor=[ban_eos]):
+            count += 1
+            if first_at is None:
+                first_at = time.perf_counter()
+            if count >= max_new_tokens:
+                break
+        first_at = first_at or time.perf_counter()
+        return Sample(len(ids), count, first_at - started, decode_rate(count, time.perf_counter() - first_at))
+
+
+ENGINES: dict[str, type[BenchEngine]] = {
+    "ovchat": OvchatEngine,
+    "optimum": OptimumEngine,
+    "genai": GenaiEngine,
+    "llamacpp": LlamacppEngine,
+    "pytorch": PytorchEngine,
+}
+
+
+def ov_threads(threads: int) -> dict[str, str]:
+    return {"INFERENCE_NUM_THREADS": str(threads)}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ovchat.bench_engines")
+    parser.add_argument("engine", choices=ENGINE_NAMES)
+    parser.add_argument("--ir", type=Path, required=True)
+    parser.add_argument("--gguf", type=Path)
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    options = parser.parse_args(argv)
+    reply = sys.stdout
+    sys.stdout = sys.stderr  # library chatter must not corrupt the JSON lines on stdout
+    started = time.perf_counter()
+    engine = ENGINES[options.engine](options)
+    print(json.dumps({"ready": True, "load_s": time.perf_counter() - started}), file=reply, flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["op"] == "run":
+            sample = engine.run(command["messages"], command["prompt"], command["max_new_tokens"])
+            answer: dict[str, Any] = asdict(sample)
+        elif command["op"] == "stats":
+            answer = {"peak_rss_mb": peak_rss_mb()}
+        else:
+            answer = {"error": f"unknown op {command['op']!r}"}
+        print(json.dumps(answer), file=reply, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
