@@ -16,7 +16,7 @@ from pathlib import Path
 import streamlit as st
 
 from ovchat.conversation import describe_reply, stream_into_store
-from ovchat.engine import Engine, available_devices
+from ovchat.engine import BACKENDS, DEFAULT_BACKEND, Engine, available_devices
 from ovchat.errors import OvchatError
 from ovchat.export import default_model_folder, export_model
 from ovchat.paths import data_home, models_dir
@@ -33,9 +33,9 @@ st.set_page_config(page_title="ovchat", page_icon="💬")
 
 
 @st.cache_resource(show_spinner="Loading the model...")
-def load_engine(path: str, device: str) -> Engine:
-    """One engine per model and device, shared by every browser tab."""
-    return Engine.load(path, device=device)
+def load_engine(path: str, device: str, backend: str) -> Engine:
+    """One engine per model, device and backend, shared by every browser tab."""
+    return Engine.load(path, device=device, backend=backend)
 
 
 @st.cache_resource
@@ -149,7 +149,7 @@ def import_chat() -> None:
     st.rerun()
 
 
-def model_sidebar() -> tuple[Path | None, str]:
+def model_sidebar() -> tuple[Path | None, str, str]:
     st.header("Model")
     folders = sorted(str(path) for path in models_dir().glob("*") if is_ir_folder(path))
     default = str(default_model_folder())
@@ -174,7 +174,13 @@ def model_sidebar() -> tuple[Path | None, str]:
     else:
         folder = Path(choice)
     device = st.selectbox("Device", device_names(), help="The OpenVINO device that runs the model.")
-    return folder, device
+    backend = st.selectbox(
+        "Generation loop",
+        BACKENDS,
+        index=BACKENDS.index(DEFAULT_BACKEND),
+        help="genai: openvino-genai's C++ loop (faster); optimum: optimum-intel's OVModelForCausalLM.generate.",
+    )
+    return folder, device, backend
 
 
 def sampling_sidebar(context_length: int) -> GenerationSettings:
@@ -356,7 +362,7 @@ def main() -> None:
     prompt = st.chat_input("Ask anything", key="prompt")  # pinned to the bottom wherever it is called
     with st.sidebar:
         chats_sidebar(chat_id)
-        folder, device = model_sidebar()
+        folder, device, backend = model_sidebar()
     st.title("💬 ovchat")
     if folder is None:
         st.info("Type the path of an exported model folder in the sidebar.")
@@ -365,7 +371,7 @@ def main() -> None:
     try:
         if not os.environ.get(MODEL_ENV) and folder == default_model_folder() and not is_ir_folder(folder):
             first_run_export()
-        engine = load_engine(str(folder), device)
+        engine = load_engine(str(folder), device, backend)
     except OvchatError as error:
         st.error(f"{error}")
         st.info(

@@ -51,7 +51,7 @@ class BenchEngine:
 
 
 class OvchatEngine(BenchEngine):
-    """The page's path exactly: Engine.stream with the streamer, stop cutter and metrics."""
+    """The page's path exactly: Engine.stream (default backend) with the streamer, stop cutter and metrics."""
 
     def __init__(self, options: argparse.Namespace) -> None:
         super().__init__(options)
@@ -74,7 +74,7 @@ class OptimumEngine(BenchEngine):
         super().__init__(options)
         from ovchat.engine import Engine
 
-        engine = Engine.load(options.ir, ov_config=ov_threads(options.threads))
+        engine = Engine.load(options.ir, ov_config=ov_threads(options.threads), backend="optimum")
         self.model, self.tokenizer = engine.model, engine.tokenizer
 
     def run(self, messages: list[Message], prompt: str, max_new_tokens: int) -> Sample:
@@ -151,8 +151,20 @@ class LlamacppEngine(BenchEngine):
 
     def __init__(self, options: argparse.Namespace) -> None:
         super().__init__(options)
+        import llama_cpp.llama_cpp as bindings
         from llama_cpp import Llama
 
+        # ggml's AMX weight repacking segfaults on the first multi-token batch on this project's
+        # Xeon VMs (llama.cpp issue #20824, also seen by ollama users); llama-cpp-python has no
+        # switch for it, so the model parameters are patched: no extra (repacked) buffer types.
+        default_params = bindings.llama_model_default_params
+
+        def params_without_repacking() -> Any:
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        bindings.llama_model_default_params = params_without_repacking
         self.llm = Llama(
             model_path=str(options.gguf), n_ctx=4096, n_threads=options.threads, n_threads_batch=options.threads,
             verbose=False,

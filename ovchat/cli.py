@@ -210,6 +210,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     from ovchat.chat import TEMPLATE_CHOICES
+    from ovchat.engine import BACKENDS, DEFAULT_BACKEND
 
     parser.add_argument(
         "-m", "--model", type=Path, help="an IR folder made by export_ir.py (default: the default model)"
@@ -220,6 +221,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=TEMPLATE_CHOICES,
         default="auto",
         help="prompt format: the model's own, or a fallback for models without one (default: auto)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULT_BACKEND,
+        help=f"generation loop: openvino-genai's C++ loop or optimum-intel's (default: {DEFAULT_BACKEND})",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
 
@@ -254,7 +261,7 @@ def load_engine(args: argparse.Namespace) -> Engine:
 
     folder = args.model if args.model is not None else ensure_default_model(args.verbose)
     with Console(stderr=True).status(f"Loading {folder.name} on {args.device} ..."):
-        return Engine.load(folder, device=args.device, template=args.template)
+        return Engine.load(folder, device=args.device, template=args.template, backend=args.backend)
 
 
 def run_chat(args: argparse.Namespace) -> int:

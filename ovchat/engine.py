@@ -84,6 +84,29 @@ def check_device(device: str) -> None:
         raise OvchatError(f"device {device} is not available here; available: {', '.join(names)} or AUTO")
 
 
+BACKENDS: tuple[str, ...] = ("genai", "optimum")
+# openvino-genai's C++ loop decoded faster and filled long prompts faster than the transformers
+# loop in Python, with the same greedy tokens (`ovchat bench`; see README, Performance).
+DEFAULT_BACKEND = "genai"
+
+
+@dataclass(frozen=True)
+class GenaiModel:
+    """openvino-genai's pipeline, with the Hugging Face configs the engine reads (context, eos)."""
+
+    pipeline: Any
+    config: Any
+    generation_config: Any
+
+    @classmethod
+    def load(cls, folder: Path, device: str, ov_config: dict[str, str]) -> GenaiModel:
+        import openvino_genai
+        from transformers import AutoConfig, GenerationConfig
+
+        pipeline = openvino_genai.LLMPipeline(str(folder), device, ATTENTION_BACKEND="SDPA", **ov_config)
+        return cls(pipeline, AutoConfig.from_pretrained(folder), GenerationConfig.from_pretrained(folder))
+
+
 class StreamingEngine(Protocol):
     """What the terminal chat and the page need of an engine; tests pass scripted fakes."""
 
@@ -138,7 +161,9 @@ class Engine:
         device: str,
         template: str = "auto",
         context_length: int | None = None,
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
+        self.backend = backend
         self.model = model
         self.tokenizer = tokenizer
         self.path = path
@@ -168,8 +193,16 @@ class Engine:
         use_cache_dir: bool = True,
         template: str = "auto",
         context_length: int | None = None,
+        backend: str = DEFAULT_BACKEND,
     ) -> Engine:
-        """Load an IR folder made by ``export_ir.py``."""
+        """Load an IR folder made by ``export_ir.py``.
+
+        ``backend`` picks the generation loop: ``optimum`` (OVModelForCausalLM.generate, the
+        transformers loop in Python) or ``genai`` (openvino-genai's LLMPipeline, a C++ loop).
+        Both stream through the same streamer, stop cutter, cancel and metrics.
+        """
+        if backend not in BACKENDS:
+            raise OvchatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise OvchatError(f"model folder {folder} does not exist; export one with export_ir.py")
@@ -177,7 +210,6 @@ class Engine:
         if missing:
             raise OvchatError(f"{folder} is not an exported model: missing {', '.join(missing)}")
         check_device(device)
-        from optimum.intel import OVModelForCausalLM
         from transformers import AutoTokenizer
 
         config = dict(DEFAULT_CPU_CONFIG) if device.upper() == "CPU" else {"PERFORMANCE_HINT": "LATENCY"}
@@ -189,11 +221,16 @@ class Engine:
         config.update(ov_config or {})
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = OVModelForCausalLM.from_pretrained(folder, device=device, ov_config=config)
+            if backend == "genai":
+                model: Any = GenaiModel.load(folder, device, config)
+            else:
+                from optimum.intel import OVModelForCausalLM
+
+                model = OVModelForCausalLM.from_pretrained(folder, device=device, ov_config=config)
         except Exception as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise OvchatError(f"could not load {folder}: {first_line}") from error
-        return cls(model, tokenizer, folder, device, template=template, context_length=context_length)
+        return cls(model, tokenizer, folder, device, template=template, context_length=context_length, backend=backend)
 
     def encode(self, messages: list[Message]) -> list[int]:
         prompt = render_prompt(self.tokenizer, messages, self.template)
@@ -216,8 +253,7 @@ class Engine:
         after the current token; the final chunk then says ``cancelled`` and the text so
         far has been yielded. An error in the worker thread is re-raised here.
         """
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import TextIteratorStreamer
 
         settings = settings or GenerationSettings()
         # halt ends this reply (a stop string, or the consumer leaving); cancel is the caller's.
@@ -228,10 +264,8 @@ class Engine:
         counting = _CountingStreamer(streamer, self._beat)
         failure: list[BaseException] = []
 
-        class _Cancelled(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                stop_now = halt.is_set() or (cancel is not None and cancel.is_set())
-                return torch.full((input_ids.shape[0],), stop_now, dtype=torch.bool)
+        def should_stop() -> bool:
+            return halt.is_set() or (cancel is not None and cancel.is_set())
 
         def work() -> None:
             try:
@@ -240,18 +274,10 @@ class Engine:
                     if halt.is_set():  # the consumer left while this reply waited for the lock
                         streamer.end()
                         return
-                    if settings.seed is not None:
-                        torch.manual_seed(settings.seed)
-                    eos_ids = sorted(self.eos_token_ids)  # the template's end of turn included
-                    self.model.generate(
-                        input_ids=torch.tensor([prompt_ids]),
-                        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                        streamer=counting,
-                        stopping_criteria=StoppingCriteriaList([_Cancelled()]),
-                        eos_token_id=eos_ids or None,
-                        pad_token_id=self.pad_token_id,
-                        **settings.to_generate_kwargs(),
-                    )
+                    if self.backend == "genai":
+                        self._generate_genai(prompt_ids, settings, counting, should_stop)
+                    else:
+                        self._generate_optimum(prompt_ids, settings, counting, should_stop)
             except BaseException as error:  # handed to the consumer, never lost in the thread
                 failure.append(error)
                 streamer.end()
@@ -304,8 +330,10 @@ class Engine:
                 finish = "eos"
             elif len(new_ids) >= settings.max_new_tokens:
                 finish = "length"
-            else:
+            elif should_stop() or self.backend != "genai":
                 finish = "cancelled"
+            else:  # openvino-genai ends at an end-of-turn token without streaming it
+                finish = "eos"
         ttft = counting.first_token_at - started if counting.first_token_at is not None else None
         decode_seconds = time.perf_counter() - counting.first_token_at if counting.first_token_at else 0.0
         decode_rate = (len(new_ids) - 1) / decode_seconds if len(new_ids) > 1 and decode_seconds > 0 else None
@@ -317,6 +345,66 @@ class Engine:
             decode_tok_s=decode_rate,
             trimmed_turns=fitted.trimmed_turns,
         )
+
+    def _generate_optimum(
+        self, prompt_ids: list[int], settings: GenerationSettings, streamer: Any, should_stop: Callable[[], bool]
+    ) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), should_stop(), dtype=torch.bool)
+
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        eos_ids = sorted(self.eos_token_ids)  # the template's end of turn included
+        self.model.generate(
+            input_ids=torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+            eos_token_id=eos_ids or None,
+            pad_token_id=self.pad_token_id,
+            **settings.to_generate_kwargs(),
+        )
+
+    def _generate_genai(
+        self, prompt_ids: list[int], settings: GenerationSettings, streamer: Any, should_stop: Callable[[], bool]
+    ) -> None:
+        """openvino-genai's C++ loop; its tokens go through the same streamer as the optimum path."""
+        import numpy as np
+        import openvino as ov
+        import openvino_genai
+
+        config = openvino_genai.GenerationConfig()
+        config.max_new_tokens = settings.max_new_tokens
+        config.repetition_penalty = settings.repetition_penalty
+        config.stop_token_ids = set(self.eos_token_ids)
+        config.apply_chat_template = False  # the prompt is already rendered and tokenized
+        if not settings.greedy:
+            config.do_sample = True
+            config.temperature = settings.temperature
+            config.top_p = settings.top_p
+            if settings.top_k:
+                config.top_k = settings.top_k
+            if settings.seed is not None:
+                config.rng_seed = settings.seed
+
+        class _Streamer(openvino_genai.StreamerBase):
+            def write(self, token: Any) -> Any:
+                tokens = token if isinstance(token, list) else [token]
+                streamer.put(np.array(tokens, dtype=np.int64))
+                stop = should_stop()
+                return openvino_genai.StreamingStatus.STOP if stop else openvino_genai.StreamingStatus.RUNNING
+
+            def end(self) -> None:
+                streamer.end()
+
+        ids = np.array([prompt_ids], dtype=np.int64)
+        streamer.put(ids[0])  # the prompt, which the streamer skips, as transformers' generate does
+        inputs = openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
+        self.model.pipeline.generate(inputs, config, _Streamer())
 
     def _beat(self) -> None:
         self._heartbeat = time.monotonic()

@@ -19,7 +19,7 @@ HELLO = [{"role": "user", "content": "Hello there"}]
 
 @pytest.fixture(scope="module")
 def engine(tiny_irs: dict[str, Path]) -> Engine:
-    return Engine.load(tiny_irs["fp16"], use_cache_dir=False)
+    return Engine.load(tiny_irs["fp16"], use_cache_dir=False, backend="optimum")
 
 
 def test_stream_equals_plain_generate(engine: Engine) -> None:
@@ -168,7 +168,7 @@ def tokenizer(tiny_irs: dict[str, Path]):
 def scripted_engine(tokenizer, text: str, template: str = "auto", **model_options: object) -> Engine:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     model = ScriptedModel(ids, eos_id=tokenizer.eos_token_id, **model_options)
-    return Engine(model, tokenizer, Path("scripted"), "CPU", template=template)
+    return Engine(model, tokenizer, Path("scripted"), "CPU", template=template, backend="optimum")
 
 
 def test_cjk_and_emoji_stream_without_broken_characters(tokenizer) -> None:
@@ -208,3 +208,44 @@ def test_a_hung_generate_ends_with_an_error_instead_of_hanging(tokenizer) -> Non
             engine.generate(HELLO, GREEDY)
     finally:
         release.set()
+
+
+# The openvino-genai backend: the same stream, cancel, stop and metrics over a C++ generation loop.
+
+
+@pytest.fixture(scope="module")
+def genai_engine(tiny_irs: dict[str, Path]) -> Engine:
+    return Engine.load(tiny_irs["fp16"], use_cache_dir=False, backend="genai")
+
+
+@pytest.mark.parametrize("repetition_penalty", [1.0, 1.3])
+def test_genai_backend_gives_the_optimum_backends_greedy_reply(
+    engine: Engine, genai_engine: Engine, repetition_penalty: float
+) -> None:
+    settings = GREEDY.with_changes(max_new_tokens=40, repetition_penalty=repetition_penalty)
+    for messages in (HELLO, [{"role": "user", "content": "def add(a, b):"}]):
+        expected, got = engine.generate(messages, settings), genai_engine.generate(messages, settings)
+        assert (got.text, got.finish_reason) == (expected.text, expected.finish_reason)
+        assert got.new_tokens == expected.new_tokens
+        assert got.prompt_tokens == expected.prompt_tokens and got.ttft_s and got.ttft_s > 0
+
+
+def test_genai_backend_cancel_stop_and_seed(genai_engine: Engine) -> None:
+    cancel = threading.Event()
+    chunks = []
+    for chunk in genai_engine.stream(HELLO, GREEDY.with_changes(max_new_tokens=400), cancel):
+        chunks.append(chunk)
+        cancel.set()
+    assert chunks[-1].finish_reason == "cancelled" and chunks[-1].new_tokens < 400
+    full = genai_engine.generate(HELLO, GREEDY.with_changes(max_new_tokens=30)).text
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assume_visible = full[: full.index(stop)]
+    stopped = genai_engine.generate(HELLO, GREEDY.with_changes(max_new_tokens=30, stop=(stop,)))
+    assert (stopped.text, stopped.finish_reason) == (assume_visible, "stop")
+    sampled = GenerationSettings(max_new_tokens=24, temperature=1.0, top_p=1.0, top_k=0, seed=7)
+    assert genai_engine.generate(HELLO, sampled).text == genai_engine.generate(HELLO, sampled).text
+
+
+def test_unknown_backend_is_an_error(tiny_irs: dict[str, Path]) -> None:
+    with pytest.raises(OvchatError, match="unknown backend 'vllm'"):
+        Engine.load(tiny_irs["fp16"], backend="vllm")
