@@ -182,6 +182,12 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
             workers[name] = Worker(name, plan, home / name)
             extra[name] = {"load_s": {"cold": workers[name].load_s}}
         samples: dict[str, dict[str, list[dict[str, Any]]]] = {name: {"short": [], "long": []} for name in workers}
+        # One unrecorded reply each first: the first inference after a load pays one-off costs
+        # (kernel selection, buffer allocation) that no later reply pays; load_s is where they belong.
+        warm_up, warm_up_prompt = build_prompts(plan.ir, -1)["short"]
+        for name, worker in workers.items():
+            progress(f"warming up {name}")
+            worker.ask({"op": "run", "messages": warm_up, "prompt": warm_up_prompt, "max_new_tokens": 4})
         for round_index in range(plan.rounds):
             prompts = build_prompts(plan.ir, round_index)
             # Rotate the order each round so no engine is always first after a pause.
