@@ -7,6 +7,7 @@ export, the benchmarks) goes through :meth:`Engine.stream`.
 from __future__ import annotations
 
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -388,8 +389,9 @@ class Engine:
             config.top_p = settings.top_p
             if settings.top_k:
                 config.top_k = settings.top_k
-            if settings.seed is not None:
-                config.rng_seed = settings.seed
+            # genai's generator starts from seed 0 every call unless told otherwise, which would
+            # make every unseeded reply (and every Regenerate) the same.
+            config.rng_seed = settings.seed if settings.seed is not None else random.getrandbits(32)
 
         class _Streamer(openvino_genai.StreamerBase):
             def write(self, token: Any) -> Any:

@@ -244,6 +244,8 @@ def test_genai_backend_cancel_stop_and_seed(genai_engine: Engine) -> None:
     assert (stopped.text, stopped.finish_reason) == (assume_visible, "stop")
     sampled = GenerationSettings(max_new_tokens=24, temperature=1.0, top_p=1.0, top_k=0, seed=7)
     assert genai_engine.generate(HELLO, sampled).text == genai_engine.generate(HELLO, sampled).text
+    unseeded = {genai_engine.generate(HELLO, sampled.with_changes(seed=None)).text for _ in range(3)}
+    assert len(unseeded) > 1, "three unseeded samples were identical: regenerate would repeat itself"
 
 
 def test_unknown_backend_is_an_error(tiny_irs: dict[str, Path]) -> None:
