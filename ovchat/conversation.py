@@ -36,9 +36,14 @@ def reply_meta(final: Chunk | None) -> dict[str, Any]:
 
 
 def describe_reply(meta: dict[str, Any]) -> str:
-    """The line under a reply: tokens, time to first token, speed, and how it ended."""
+    """The line under a reply on the page: its metrics, and "stopped" for a reply the user stopped."""
     if not meta:
         return ""
+    return describe_metrics({**meta, "finish_reason": "stopped" if meta.get("stopped") else meta.get("finish_reason")})
+
+
+def describe_metrics(meta: dict[str, Any]) -> str:
+    """Tokens, time to first token, speed, how the reply ended, and any turns left out."""
     parts = []
     if meta.get("new_tokens") is not None:
         parts.append(f"{meta['new_tokens']} tokens")
@@ -46,7 +51,7 @@ def describe_reply(meta: dict[str, Any]) -> str:
         parts.append(f"first token {meta['ttft_s']:.2f} s")
     if meta.get("decode_tok_s") is not None:
         parts.append(f"{meta['decode_tok_s']:.1f} tok/s")
-    parts.append("stopped" if meta.get("stopped") else str(meta.get("finish_reason", "")))
+    parts.append(str(meta.get("finish_reason") or ""))
     if meta.get("trimmed_turns"):
         parts.append(f"{meta['trimmed_turns']} older turns left out to fit the context")
     return " · ".join(parts)

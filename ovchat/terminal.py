@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ovchat.chat import Message
+from ovchat.conversation import describe_metrics, reply_meta
 from ovchat.engine import Chunk, StreamingEngine
 from ovchat.errors import OvchatError
 from ovchat.settings import GenerationSettings
@@ -41,15 +42,7 @@ def interrupt_sets(cancel: threading.Event) -> Iterator[None]:
 
 
 def format_stats(final: Chunk) -> str:
-    parts = [f"{final.new_tokens} tokens"]
-    if final.ttft_s is not None:
-        parts.append(f"first token {final.ttft_s:.2f} s")
-    if final.decode_tok_s is not None:
-        parts.append(f"{final.decode_tok_s:.1f} tok/s")
-    parts.append(final.finish_reason or "")
-    if final.trimmed_turns:
-        parts.append(f"{final.trimmed_turns} older turns left out to fit the context")
-    return "[" + " · ".join(parts) + "]"
+    return "[" + describe_metrics(reply_meta(final)) + "]"
 
 
 def stream_reply(
