@@ -331,10 +331,8 @@ class Engine:
                 finish = "eos"
             elif len(new_ids) >= settings.max_new_tokens:
                 finish = "length"
-            elif should_stop() or self.backend != "genai":
+            else:
                 finish = "cancelled"
-            else:  # openvino-genai ends at an end-of-turn token without streaming it
-                finish = "eos"
         ttft = counting.first_token_at - started if counting.first_token_at is not None else None
         decode_seconds = time.perf_counter() - counting.first_token_at if counting.first_token_at else 0.0
         decode_rate = (len(new_ids) - 1) / decode_seconds if len(new_ids) > 1 and decode_seconds > 0 else None
