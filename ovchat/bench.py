@@ -138,29 +138,34 @@ class Worker:
         self.log.close()
 
 
-def build_prompts(ir: Path, round_index: int) -> dict[str, tuple[list[Message], str]]:
-    """The short and the ~1,000-token chat for one round, as messages and as prompt text.
+class PromptMaker:
+    """The short and the ~1,000-token chat of each round; the tokenizer and long text are made once."""
 
-    A fresh tag at the start of each prompt makes every prompt cold: no engine can reuse a
-    cached prefix from an earlier run.
-    """
-    from transformers import AutoTokenizer
+    def __init__(self, ir: Path) -> None:
+        from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(ir)
-    tag = f"[run {round_index}-{uuid.uuid4().hex[:8]}]"
-    # ~1,000 tokens, or less on a model whose context is smaller (the tiny test model has 512).
-    target = min(LONG_PROMPT_TOKENS, context_length(ir) // 2)
-    long_text = LONG_TEXT
-    while len(tokenizer(long_text, add_special_tokens=False)["input_ids"]) < target:
-        long_text += LONG_TEXT
-    chats: dict[str, list[Message]] = {
-        "short": [{"role": "user", "content": f"{tag} {SHORT_QUESTION}"}],
-        "long": [{"role": "user", "content": f"{tag} {long_text}\nSummarize the text above in one sentence."}],
-    }
-    return {
-        kind: (messages, tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        for kind, messages in chats.items()
-    }
+        self.tokenizer = AutoTokenizer.from_pretrained(ir)
+        # ~1,000 tokens, or less on a model whose context is smaller (the tiny test model has 512).
+        target = min(LONG_PROMPT_TOKENS, context_length(ir) // 2)
+        self.long_text = LONG_TEXT
+        while len(self.tokenizer(self.long_text, add_special_tokens=False)["input_ids"]) < target:
+            self.long_text += LONG_TEXT
+
+    def for_round(self, round_index: int) -> dict[str, tuple[list[Message], str]]:
+        """The chats as messages and as prompt text.
+
+        A fresh tag at the start of each prompt makes every prompt cold: no engine can reuse a
+        cached prefix from an earlier run.
+        """
+        tag = f"[run {round_index}-{uuid.uuid4().hex[:8]}]"
+        chats: dict[str, list[Message]] = {
+            "short": [{"role": "user", "content": f"{tag} {SHORT_QUESTION}"}],
+            "long": [{"role": "user", "content": f"{tag} {self.long_text}\nSummarize the text above in one sentence."}],
+        }
+        return {
+            kind: (messages, self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            for kind, messages in chats.items()
+        }
 
 
 def context_length(ir: Path) -> int:
@@ -184,12 +189,13 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
         samples: dict[str, dict[str, list[dict[str, Any]]]] = {name: {"short": [], "long": []} for name in workers}
         # One unrecorded reply each first: the first inference after a load pays one-off costs
         # (kernel selection, buffer allocation) that no later reply pays; load_s is where they belong.
-        warm_up, warm_up_prompt = build_prompts(plan.ir, -1)["short"]
+        prompt_maker = PromptMaker(plan.ir)
+        warm_up, warm_up_prompt = prompt_maker.for_round(-1)["short"]
         for name, worker in workers.items():
             progress(f"warming up {name}")
             worker.ask({"op": "run", "messages": warm_up, "prompt": warm_up_prompt, "max_new_tokens": 4})
         for round_index in range(plan.rounds):
-            prompts = build_prompts(plan.ir, round_index)
+            prompts = prompt_maker.for_round(round_index)
             # Rotate the order each round so no engine is always first after a pause.
             order = list(workers)[round_index % len(workers) :] + list(workers)[: round_index % len(workers)]
             for name in order:
