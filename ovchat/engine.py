@@ -104,7 +104,10 @@ class GenaiModel:
         import openvino_genai
         from transformers import AutoConfig, GenerationConfig
 
-        pipeline = openvino_genai.LLMPipeline(str(folder), device, ATTENTION_BACKEND="SDPA", **ov_config)
+        # SDPA, not genai's default PagedAttention: on CPU, PagedAttention's prefill was faster but its
+        # greedy tokens differed from the optimum path's. ov_config may still ask for "PA".
+        options = {"ATTENTION_BACKEND": "SDPA", **ov_config}
+        pipeline = openvino_genai.LLMPipeline(str(folder), device, **options)
         return cls(pipeline, AutoConfig.from_pretrained(folder), GenerationConfig.from_pretrained(folder))
 
 
