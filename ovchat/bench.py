@@ -45,6 +45,13 @@ class BenchPlan:
     new_tokens: int
     threads: int
     notes: dict[str, str] = field(default_factory=dict)
+    # Extra "ovchat" rows with OpenVINO properties changed, by label ("ovchat:NAME"): ov_config tuning.
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def worker(self, label: str, home: Path, ir: Path | None = None) -> Worker:
+        """A worker for the engine ``label`` names (a variant runs the ovchat engine with its properties)."""
+        engine, _, _ = label.partition(":")
+        return Worker(label, engine, ir or self.ir, self, home, self.variants.get(label, {}))
 
 
 def median(values: Sequence[float | None]) -> float | None:
@@ -96,16 +103,20 @@ def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]], extra: dict[s
 class Worker:
     """One engine in its own process, driven by JSON lines."""
 
-    def __init__(self, name: str, plan: BenchPlan, home: Path) -> None:
-        command = [sys.executable, "-m", "ovchat.bench_engines", name, "--ir", str(plan.ir)]
+    def __init__(
+        self, name: str, engine: str, ir: Path, plan: BenchPlan, home: Path, ov_config: dict[str, str]
+    ) -> None:
+        command = [sys.executable, "-m", "ovchat.bench_engines", engine, "--ir", str(ir)]
         command += ["--threads", str(plan.threads)]
         if plan.gguf:
             command += ["--gguf", str(plan.gguf)]
         if plan.checkpoint:
             command += ["--checkpoint", str(plan.checkpoint)]
+        for key, value in ov_config.items():
+            command += ["--ov-config", f"{key}={value}"]
         home.mkdir(parents=True, exist_ok=True)
         self.name = name
-        self.log = (home / f"{name}.log").open("ab")
+        self.log = (home / "worker.log").open("ab")
         env = {**os.environ, "OVCHAT_HOME": str(home), "TOKENIZERS_PARALLELISM": "false"}
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, text=True
@@ -184,7 +195,7 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
     try:
         for name in plan.engines:
             progress(f"loading {name}")
-            workers[name] = Worker(name, plan, home / name)
+            workers[name] = plan.worker(name, home / safe_name(name))
             extra[name] = {"load_s": {"cold": workers[name].load_s}}
         samples: dict[str, dict[str, list[dict[str, Any]]]] = {name: {"short": [], "long": []} for name in workers}
         # One unrecorded reply each first: the first inference after a load pays one-off costs
@@ -209,7 +220,7 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
             worker.close()
         for name in plan.engines:
             progress(f"warm load {name}")
-            again = Worker(name, plan, home / name)  # the same data folder: the compiled-model cache is filled
+            again = plan.worker(name, home / safe_name(name))  # the same data folder: its compiled-model cache is full
             extra[name]["load_s"]["warm"] = again.load_s
             again.close()
     finally:
@@ -218,10 +229,28 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
     return {
         "machine": machine_facts(plan.threads),
         "model": {"ir": str(plan.ir), "gguf": str(plan.gguf) if plan.gguf else None},
-        "settings": {"rounds": plan.rounds, "new_tokens": plan.new_tokens, "greedy": True},
+        "settings": {"rounds": plan.rounds, "new_tokens": plan.new_tokens, "greedy": True, "variants": plan.variants},
         "engines": summarize(samples, extra),
         "skipped": plan.notes,
     }
+
+
+def safe_name(label: str) -> str:
+    """A folder name for an engine label such as ``ovchat:bf16``."""
+    return "".join(char if char.isalnum() or char in "-_." else "-" for char in label)
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME:KEY=VALUE[,KEY=VALUE...]`` as (``ovchat:NAME``, properties)."""
+    from ovchat.bench_engines import parse_ov_config
+
+    name, sep, pairs = text.partition(":")
+    if not sep or not name.strip() or not safe_name(name.strip()) == name.strip():
+        raise OvchatError(f"--variant {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE], NAME of letters, digits, -_.")
+    try:
+        return f"ovchat:{name.strip()}", parse_ov_config(pairs.split(","))
+    except ValueError as error:
+        raise OvchatError(f"--variant {text!r}: {error}") from None
 
 
 def machine_facts(threads: int) -> dict[str, Any]:
@@ -303,6 +332,7 @@ def plan_bench(
     quick: bool,
     threads: int | None,
     checkpoint_dir: Callable[[Path], Path | None],
+    variants: Sequence[str] = (),
 ) -> BenchPlan:
     """Which engines can run on this IR; each one that cannot gets a note instead of a failure."""
     from ovchat.export import read_manifest
@@ -328,11 +358,13 @@ def plan_bench(
     checkpoint = checkpoint_dir(ir) if "pytorch" in wanted else None
     if "pytorch" in wanted and checkpoint is None:
         notes["pytorch"] = "no transformers checkpoint of the same weights was found"
+    parsed = dict(parse_variant(text) for text in variants)
     return BenchPlan(
         ir=ir,
         gguf=gguf,
         checkpoint=checkpoint,
-        engines=tuple(name for name in wanted if name not in notes),
+        engines=tuple(name for name in wanted if name not in notes) + tuple(parsed),
+        variants=parsed,
         rounds=2 if quick else 5,
         new_tokens=64 if quick else 128,
         threads=threads or os.cpu_count() or 1,

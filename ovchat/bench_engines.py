@@ -57,7 +57,7 @@ class OvchatEngine(BenchEngine):
         super().__init__(options)
         from ovchat.engine import Engine
 
-        self.engine = Engine.load(options.ir, ov_config=ov_threads(options.threads))
+        self.engine = Engine.load(options.ir, ov_config={**ov_threads(options.threads), **options.ov_config})
 
     def run(self, messages: list[Message], prompt: str, max_new_tokens: int) -> Sample:
         from ovchat.settings import GenerationSettings
@@ -126,7 +126,12 @@ class GenaiEngine(BenchEngine):
         from ovchat.engine import DEFAULT_CPU_CONFIG
         from ovchat.paths import cache_dir
 
-        config = {**DEFAULT_CPU_CONFIG, **ov_threads(options.threads), "CACHE_DIR": str(cache_dir())}
+        config = {
+            **DEFAULT_CPU_CONFIG,
+            **ov_threads(options.threads),
+            "CACHE_DIR": str(cache_dir()),
+            **options.ov_config,
+        }
         self.genai = openvino_genai
         self.pipeline = openvino_genai.LLMPipeline(str(options.ir), "CPU", **config)
 
@@ -165,8 +170,9 @@ class LlamacppEngine(BenchEngine):
             return params
 
         bindings.llama_model_default_params = params_without_repacking
+        # n_ctx=0: the model's whole trained context, as the other engines allow.
         self.llm = Llama(
-            model_path=str(options.gguf), n_ctx=4096, n_threads=options.threads, n_threads_batch=options.threads,
+            model_path=str(options.gguf), n_ctx=0, n_threads=options.threads, n_threads_batch=options.threads,
             verbose=False,
         )  # fmt: skip
 
@@ -209,6 +215,24 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def rss_mb() -> float:
+    """Resident memory now (not the peak): what the process holds after a reply."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def parse_ov_config(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings as an OpenVINO property dict."""
+    config = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        config[key.strip()] = value.strip()
+    return config
+
+
 def worker_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ovchat.bench_engines")
     parser.add_argument("engine", choices=ENGINE_NAMES)
@@ -216,7 +240,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf", type=Path)
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ov-config", action="append", default=[], help="KEY=VALUE OpenVINO property")
     options = parser.parse_args(argv)
+    options.ov_config = parse_ov_config(options.ov_config)
     reply = sys.stdout
     sys.stdout = sys.stderr  # library chatter must not corrupt the JSON lines on stdout
     started = time.perf_counter()
@@ -228,7 +254,7 @@ def worker_main(argv: list[str] | None = None) -> int:
             sample = engine.run(command["messages"], command["prompt"], command["max_new_tokens"])
             answer: dict[str, Any] = asdict(sample)
         elif command["op"] == "stats":
-            answer = {"peak_rss_mb": peak_rss_mb()}
+            answer = {"peak_rss_mb": peak_rss_mb(), "rss_mb": rss_mb()}
         else:
             answer = {"error": f"unknown op {command['op']!r}"}
         print(json.dumps(answer), file=reply, flush=True)

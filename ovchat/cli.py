@@ -16,7 +16,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from ovchat.errors import OvchatError
 from ovchat.paths import data_home
@@ -303,41 +303,93 @@ def run_ask(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import json
+    """The side-by-side bench (default), or the --scaling or --quality run."""
+    from rich.console import Console
 
+    from ovchat.bench import plan_bench, source_checkpoint
+
+    models = args.model or [ensure_default_model(args.verbose)]
+    if not (args.scaling or args.quality) and len(models) > 1:
+        raise OvchatError("give one --model, or several with --scaling or --quality")
+    if args.variant and (args.scaling or args.quality):
+        raise OvchatError("--variant applies to the side-by-side bench, not to --scaling or --quality")
+    engines = [name.strip() for name in args.engines.split(",")] if args.engines else None
+    if args.scaling and engines is None:
+        engines = ["ovchat", "llamacpp"]
+    console = Console(stderr=True, highlight=False)
+    started = time.perf_counter()
+    if args.quality:
+        from ovchat.bench_quality import format_quality_table, run_quality
+
+        with console.status("starting") as status:
+            report = run_quality(models, source_checkpoint(models[0]), progress=status.update)
+        text = report["text"]
+        title = f"perplexity on {text['file']} ({text['tokens']} tokens, windows of {text['window']}) · lower is better"
+        header, rows = format_quality_table(report)
+        kind = "quality"
+    else:
+        plan = plan_bench(models[0], engines, args.quick, args.threads, source_checkpoint, args.variant or ())
+        for name, why in plan.notes.items():
+            console.print(f"[yellow]skipped {name}[/yellow]: {why}")
+        with console.status("starting") as status:
+            if args.scaling:
+                from ovchat.bench_scaling import format_scaling_table, run_scaling
+
+                report = run_scaling(plan, models, args.quick, progress=status.update)
+                title = f"{plan.threads} threads · medians of {report['settings']['rounds']} rounds"
+                header, rows = format_scaling_table(report)
+                kind = "scaling"
+            else:
+                from ovchat.bench import TABLE_HEADER, format_table, run_bench
+
+                report = run_bench(plan, progress=status.update)
+                title = f"{models[0].name} · {plan.threads} threads · medians of {plan.rounds} rounds"
+                title += " · (ratio to llama.cpp)"
+                header, rows = TABLE_HEADER, format_table(report)
+                kind = "bench"
+    report["seconds"] = time.perf_counter() - started
+    print_table(title, header, rows)
+    write_report(report, args, kind, console)
+    return 0
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ovchat.bench import TABLE_HEADER, draw_chart, format_table, plan_bench, run_bench, source_checkpoint
-
-    engines = [name.strip() for name in args.engines.split(",")] if args.engines else None
-    model = args.model if args.model is not None else ensure_default_model(args.verbose)
-    plan = plan_bench(model, engines, args.quick, args.threads, source_checkpoint)
-    console = Console(stderr=True, highlight=False)
-    for name, why in plan.notes.items():
-        console.print(f"[yellow]skipped {name}[/yellow]: {why}")
-    started = time.perf_counter()
-    with console.status("starting") as status:
-        report = run_bench(plan, progress=lambda message: status.update(message))
-    report["seconds"] = time.perf_counter() - started
-    title = f"{model.name} · {plan.threads} threads · medians of {plan.rounds} rounds · (ratio to llama.cpp)"
     table = Table(title=title)
-    for column in TABLE_HEADER:
-        table.add_column(column, justify="left" if column == "engine" else "right")
-    for row in format_table(report):
+    for index, column in enumerate(header):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
         table.add_row(*row)
     out = Console(highlight=False)
     if not out.is_terminal:
         out = Console(highlight=False, width=160)  # a file or a pipe: keep the table's rows whole
     out.print(table)
-    json_path = args.json or data_home() / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def write_report(report: dict, args: argparse.Namespace, kind: str, console: Any) -> None:
+    """The JSON report (always) and the chart (with --plot)."""
+    import json
+
+    json_path = args.json or data_home() / "bench" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     console.print(f"JSON: {json_path}  ({report['seconds']:.0f} s)")
     if args.plot:
-        draw_chart(report, args.plot)
+        if kind == "scaling":
+            from ovchat.bench_scaling import draw_scaling_chart
+
+            draw_scaling_chart(report, args.plot)
+        elif kind == "quality":
+            from ovchat.bench_quality import draw_quality_chart
+
+            draw_quality_chart(report, args.plot)
+        else:
+            from ovchat.bench import draw_chart
+
+            draw_chart(report, args.plot)
         console.print(f"Chart: {args.plot}")
-    return 0
 
 
 def run_devices(args: argparse.Namespace) -> int:
@@ -375,9 +427,19 @@ def build_parser() -> OneLineArgumentParser:
     ask.set_defaults(handler=run_ask)
 
     bench = commands.add_parser("bench", help="measure the chat path against llama.cpp, openvino-genai and PyTorch")
-    bench.add_argument("-m", "--model", type=Path, help="an IR folder (default: the default model)")
+    bench.add_argument(
+        "-m", "--model", type=Path, action="append",
+        help="an IR folder (default: the default model); repeat it for --scaling and --quality",
+    )  # fmt: skip
     bench.add_argument("--engines", help="comma-separated subset of ovchat,optimum,genai,llamacpp,pytorch")
-    bench.add_argument("--quick", action="store_true", help="2 rounds of 64 new tokens instead of 5 of 128")
+    bench.add_argument(
+        "--variant", action="append", metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="one more ovchat row with these OpenVINO properties, e.g. bf16:INFERENCE_PRECISION_HINT=bf16",
+    )  # fmt: skip
+    mode = bench.add_mutually_exclusive_group()
+    mode.add_argument("--scaling", action="store_true", help="TTFT, decode speed and memory against prompt length")
+    mode.add_argument("--quality", action="store_true", help="perplexity of each --model on a text ovchat ships")
+    bench.add_argument("--quick", action="store_true", help="fewer rounds, fewer tokens (under 3 minutes)")
     bench.add_argument("--threads", type=int, help="CPU threads for every engine (default: all cores)")
     bench.add_argument("--json", type=Path, help="write the report here (default: $OVCHAT_HOME/bench/)")
     bench.add_argument("--plot", type=Path, help="draw a PNG chart here")

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ovchat.bench import format_table, median, plan_bench, ratio, source_checkpoint, summarize
+from ovchat.bench import format_table, median, parse_variant, plan_bench, ratio, source_checkpoint, summarize
 from ovchat.bench_engines import decode_rate
+from ovchat.bench_quality import perplexity, text_windows
+from ovchat.bench_scaling import scaling_labels, scaling_lengths
 from ovchat.errors import OvchatError
 
 REPORT_KEYS = {"ttft_s", "decode_tok_s", "load_s", "peak_rss_mb", "ratio_vs_llamacpp"}
@@ -83,12 +85,13 @@ def test_bench_command_on_the_tiny_model_writes_json_and_a_chart(tiny_irs: dict[
     report_path, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     result = subprocess.run(
         [sys.executable, "-m", "ovchat.cli", "bench", "--model", str(tiny_irs["int8"]), "--quick",
-         "--json", str(report_path), "--plot", str(chart)],
+         "--variant", "kvf32:KV_CACHE_PRECISION=f32", "--json", str(report_path), "--plot", str(chart)],
         capture_output=True, text=True, env=os.environ.copy(), timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
-    assert set(report["engines"]) == {"ovchat", "optimum", "genai", "pytorch"}
+    assert set(report["engines"]) == {"ovchat", "optimum", "genai", "pytorch", "ovchat:kvf32"}
+    assert report["settings"]["variants"] == {"ovchat:kvf32": {"KV_CACHE_PRECISION": "f32"}}
     assert "llamacpp" in report["skipped"] and "skipped llamacpp" in result.stderr
     for name, figures in report["engines"].items():
         assert set(figures) >= REPORT_KEYS, name
@@ -98,3 +101,113 @@ def test_bench_command_on_the_tiny_model_writes_json_and_a_chart(tiny_irs: dict[
         assert figures["prompt_tokens"]["long"] > figures["prompt_tokens"]["short"]
     assert "decode tok/s" in result.stdout and "ovchat" in result.stdout
     assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_variants_parse_into_labelled_ovchat_rows(tiny_irs: dict[str, Path]) -> None:
+    assert parse_variant("bf16:INFERENCE_PRECISION_HINT=bf16") == ("ovchat:bf16", {"INFERENCE_PRECISION_HINT": "bf16"})
+    assert parse_variant("x:A=1, B = 2") == ("ovchat:x", {"A": "1", "B": "2"})
+    for bad in ("bf16", "bf16:", "bf16:KEY", "bf16:=1", ":A=1", "a b:A=1"):
+        with pytest.raises(OvchatError, match="--variant"):
+            parse_variant(bad)
+    plan = plan_bench(
+        tiny_irs["int8"], ["ovchat"], quick=True, threads=1, checkpoint_dir=source_checkpoint,
+        variants=["u8:KV_CACHE_PRECISION=u8"],
+    )  # fmt: skip
+    assert plan.engines == ("ovchat", "ovchat:u8")
+    assert plan.variants == {"ovchat:u8": {"KV_CACHE_PRECISION": "u8"}}
+
+
+def test_scaling_lengths_leave_room_for_the_reply_and_labels_name_each_ir(tmp_path: Path) -> None:
+    assert scaling_lengths(8192, quick=False, new_tokens=32) == [128, 256, 512, 1024, 2048, 4096]
+    assert scaling_lengths(8192, quick=True, new_tokens=32) == [128, 1024, 4096]
+    assert scaling_lengths(512, quick=False, new_tokens=32) == [128, 256]  # 512 + 32 + template > 512
+    assert scaling_lengths(128, quick=False, new_tokens=32) == []
+    int8, int4 = tmp_path / "m-int8", tmp_path / "m-int4"
+    labels = scaling_labels([int8, int4], with_llamacpp=True)
+    assert labels == {
+        "ovchat m-int8": ("ovchat", int8),
+        "ovchat m-int4": ("ovchat", int4),
+        "llamacpp": ("llamacpp", int8),
+    }
+    with pytest.raises(OvchatError, match="given twice"):
+        scaling_labels([int8, int8], with_llamacpp=False)
+
+
+def test_perplexity_of_uniform_logits_is_the_vocabulary_size_and_of_certain_ones_is_one() -> None:
+    import torch
+
+    vocabulary = 50
+    ids = [(7 * i) % vocabulary for i in range(1, 41)]
+    windows = text_windows(ids, 16)
+    assert [len(window) for window in windows] == [16, 16, 8]
+    assert text_windows(ids[:17], 16) == [ids[:16]]  # a 1-token tail predicts nothing
+    value, scored = perplexity(lambda window: torch.zeros(len(window), vocabulary), windows)
+    assert scored == 15 + 15 + 7
+    assert value == pytest.approx(vocabulary)
+
+    def certain(window: list[int]) -> torch.Tensor:
+        logits = torch.full((len(window), vocabulary), -1e4)
+        for position, next_id in enumerate(window[1:]):
+            logits[position, next_id] = 1e4
+        return logits
+
+    assert perplexity(certain, windows)[0] == pytest.approx(1.0)
+
+
+def test_scaling_and_quality_commands_on_the_tiny_irs(tiny_irs: dict[str, Path], tmp_path: Path) -> None:
+    irs = [str(tiny_irs["int8"]), str(tiny_irs["int4"])]
+    scaling_json, scaling_png = tmp_path / "scaling.json", tmp_path / "scaling.png"
+    command = [sys.executable, "-m", "ovchat.cli", "bench", "--scaling", "--quick", "-m", irs[0], "-m", irs[1]]
+    result = subprocess.run(
+        [*command, "--json", str(scaling_json), "--plot", str(scaling_png)],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(scaling_json.read_text())
+    assert set(report["engines"]) == {f"ovchat {Path(ir).name}" for ir in irs}  # no GGUF: llama.cpp skipped
+    assert report["settings"]["lengths"] == [128]  # --quick on a 512-token context
+    for points in report["engines"].values():
+        (point,) = points
+        assert 128 <= point["prompt_tokens"] <= 128 + 64
+        assert point["ttft_s"] > 0 and point["decode_tok_s"] > 0 and point["rss_mb"] > 0
+    assert scaling_png.read_bytes().startswith(b"\x89PNG")
+
+    quality_json = tmp_path / "quality.json"
+    command = [sys.executable, "-m", "ovchat.cli", "bench", "--quality", "-m", str(tiny_irs["fp16"]), "-m", irs[1]]
+    result = subprocess.run(
+        [*command, "--json", str(quality_json)],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    models = json.loads(quality_json.read_text())["models"]
+    assert list(models) == ["pytorch fp32", tiny_irs["fp16"].name, tiny_irs["int4"].name]
+    assert models[tiny_irs["int4"].name]["weights"].startswith("int4")
+    # fp16 weights through OpenVINO read the text almost exactly as the fp32 checkpoint does.
+    assert models[tiny_irs["fp16"].name]["ratio_vs_fp32"] == pytest.approx(1.0, abs=0.01)
+    assert all(row["perplexity"] > 1 for row in models.values())
+    assert "perplexity" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--variant", "nokeys"], "--variant 'nokeys'"),
+        (["--scaling", "--variant", "a:B=1"], "--variant applies to the side-by-side bench"),
+        (["--scaling", "--quality"], "not allowed with argument"),
+    ],
+)
+def test_bench_flag_errors_are_one_line(tiny_irs: dict[str, Path], flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ovchat.cli", "bench", "-m", str(tiny_irs["int8"]), *flags],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_several_models_need_scaling_or_quality(tiny_irs: dict[str, Path]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ovchat.cli", "bench", "-m", str(tiny_irs["int8"]), "-m", str(tiny_irs["int4"])],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "give one --model" in result.stderr

@@ -1,0 +1,174 @@
+"""``ovchat bench --scaling``: TTFT, decode speed and memory against prompt length.
+
+The page's path (the ``ovchat`` engine) runs on each IR given (for example int8 and int4
+exports of one model), llama.cpp on the GGUF they came from as the reference. Lengths go up
+from 128 tokens; at each length every engine answers in turn (interleaved), and a worker's
+resident memory after the reply is its memory at that context length.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ovchat.bench import LONG_TEXT, BenchPlan, Worker, context_length, machine_facts, median, safe_name
+from ovchat.chat import Message
+from ovchat.errors import OvchatError
+from ovchat.paths import cache_dir
+
+SCALING_LENGTHS: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096)
+QUICK_LENGTHS: tuple[int, ...] = (128, 1024, 4096)
+SCALING_NEW_TOKENS = 32
+# Room the chat template needs around the user's text.
+TEMPLATE_ROOM = 64
+
+
+def scaling_lengths(context: int, quick: bool, new_tokens: int) -> list[int]:
+    """The prompt lengths that fit the model's context with room for the reply and the template."""
+    wanted = QUICK_LENGTHS if quick else SCALING_LENGTHS
+    return [length for length in wanted if length + new_tokens + TEMPLATE_ROOM <= context]
+
+
+class LengthPrompts:
+    """A chat whose user message is ``length`` tokens of text, made fresh (cold) each call."""
+
+    def __init__(self, ir: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(ir)
+        self.text_ids: list[int] = []
+        self.text = ""
+
+    def chat(self, length: int) -> tuple[list[Message], str]:
+        while len(self.text_ids) < length:
+            self.text += LONG_TEXT
+            self.text_ids = self.tokenizer(self.text, add_special_tokens=False)["input_ids"]
+        body = self.tokenizer.decode(self.text_ids[: length - 16])
+        # A fresh tag first: no engine can reuse a cached prefix from an earlier prompt.
+        messages: list[Message] = [{"role": "user", "content": f"[{uuid.uuid4().hex[:8]}] {body}\nSummarize."}]
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return messages, prompt
+
+
+def scaling_labels(irs: Sequence[Path], with_llamacpp: bool) -> dict[str, tuple[str, Path]]:
+    """Row label -> (engine, IR): ``ovchat`` once per IR, named after the IR folder, then llama.cpp."""
+    labels: dict[str, tuple[str, Path]] = {}
+    for ir in irs:
+        label = f"ovchat {ir.name}"
+        if label in labels:
+            raise OvchatError(f"{ir} is given twice")
+        labels[label] = ("ovchat", ir)
+    if with_llamacpp:
+        labels["llamacpp"] = ("llamacpp", irs[0])
+    return labels
+
+
+def run_scaling(
+    plan: BenchPlan,
+    irs: Sequence[Path],
+    quick: bool,
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Measure every IR (and llama.cpp when ``plan`` has it) at each prompt length."""
+    rounds = 1 if quick else 2
+    context = min(context_length(ir) for ir in irs)
+    lengths = scaling_lengths(context, quick, SCALING_NEW_TOKENS)
+    if not lengths:
+        raise OvchatError(f"the context ({context} tokens) is too small for a scaling run")
+    labels = scaling_labels(irs, "llamacpp" in plan.engines)
+    home = cache_dir() / "bench" / ("scaling-" + time.strftime("%Y%m%d-%H%M%S"))
+    workers: dict[str, Worker] = {}
+    rows: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    try:
+        for label, (engine, ir) in labels.items():
+            progress(f"loading {label}")
+            workers[label] = Worker(label, engine, ir, plan, home / safe_name(label), {})
+        prompts = LengthPrompts(irs[0])
+        warm_up, warm_up_prompt = prompts.chat(lengths[0])
+        for label, worker in workers.items():
+            progress(f"warming up {label}")
+            worker.ask({"op": "run", "messages": warm_up, "prompt": warm_up_prompt, "max_new_tokens": 4})
+        for length in lengths:
+            runs: dict[str, list[dict[str, Any]]] = {label: [] for label in workers}
+            for round_index in range(rounds):
+                messages, prompt = prompts.chat(length)
+                for label, worker in workers.items():
+                    progress(f"{length} tokens, round {round_index + 1}/{rounds}: {label}")
+                    command = {"op": "run", "messages": messages, "prompt": prompt}
+                    command["max_new_tokens"] = SCALING_NEW_TOKENS
+                    runs[label].append(worker.ask(command))
+            for label, worker in workers.items():
+                rows[label].append(
+                    {
+                        "length": length,
+                        "prompt_tokens": median([run["prompt_tokens"] for run in runs[label]]),
+                        "ttft_s": median([run["ttft_s"] for run in runs[label]]),
+                        "decode_tok_s": median([run["decode_tok_s"] for run in runs[label]]),
+                        "rss_mb": worker.ask({"op": "stats"})["rss_mb"],
+                        "runs": runs[label],
+                    }
+                )
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return {
+        "machine": machine_facts(plan.threads),
+        "models": {label: str(ir) for label, (_, ir) in labels.items()},
+        "settings": {"rounds": rounds, "new_tokens": SCALING_NEW_TOKENS, "lengths": lengths, "greedy": True},
+        "engines": rows,
+        "skipped": plan.notes,
+    }
+
+
+def format_scaling_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per engine and length: prompt tokens, TTFT, decode speed, memory."""
+    header = ["engine", "prompt tokens", "TTFT ms", "decode tok/s", "memory MB"]
+    rows = []
+    for label, points in report["engines"].items():
+        for point in points:
+            ttft = point["ttft_s"]
+            decode = point["decode_tok_s"]
+            rows.append(
+                [
+                    label,
+                    f"{point['prompt_tokens']:.0f}",
+                    f"{ttft * 1000:.0f}" if ttft is not None else "-",
+                    f"{decode:.1f}" if decode is not None else "-",
+                    f"{point['rss_mb']:.0f}",
+                ]
+            )
+    return header, rows
+
+
+def draw_scaling_chart(report: dict[str, Any], path: Path) -> None:
+    """TTFT, decode speed and memory against prompt length, one line per engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write the file only
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    panels = [
+        ("TTFT, s (lower is better)", lambda point: point["ttft_s"]),
+        ("decode tok/s after that prompt (higher is better)", lambda point: point["decode_tok_s"]),
+        ("resident memory, MB", lambda point: point["rss_mb"]),
+    ]
+    for axis, (title, value) in zip(axes, panels, strict=True):
+        for label, points in report["engines"].items():
+            xs = [point["prompt_tokens"] for point in points if value(point) is not None]
+            axis.plot(xs, [value(point) for point in points if value(point) is not None], marker="o", label=label)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("prompt tokens")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    machine = report["machine"]
+    fig.suptitle(f"ovchat bench --scaling · {machine['cpu']} · {machine['threads']} threads")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
