@@ -40,16 +40,17 @@ def _quiet_libraries() -> None:
     """Hide the libraries' progress bars, warnings and info logs; ovchat reports its own steps."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # transformers reads these when it is first imported; importing it here would cost the commands
+    # that never need it (chat and ask on the genai backend) most of a second.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
     for name in ("transformers", "optimum", "nncf", "huggingface_hub", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def run_guarded(action: Callable[[], int], verbose: bool, prog: str) -> int:
