@@ -1,6 +1,7 @@
 """Chat messages, prompt templates and fitting the history into the context window.
 
-The prompt always comes from a Jinja chat template rendered by ``transformers``: the
+The prompt always comes from a Jinja chat template rendered as ``transformers`` renders it
+(by a Hugging Face tokenizer, or by :class:`ovchat.genai_tokenizer.GenaiTokenizer`): the
 tokenizer's own one when it has it, else one of the named fallbacks below.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
 from ovchat.errors import OvchatError
 
@@ -19,6 +20,24 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant")
 class Message(TypedDict):
     role: Role
     content: str
+
+
+class PromptTokenizer(Protocol):
+    """What choosing and rendering a template need of a tokenizer: the subset of the Hugging Face
+    tokenizer interface that :class:`ovchat.genai_tokenizer.GenaiTokenizer` also has."""
+
+    chat_template: Any  # the model's own template, or None
+    bos_token: Any
+
+    def get_vocab(self) -> dict[str, int]: ...
+
+    def apply_chat_template(
+        self,
+        conversation: Any,
+        chat_template: str | None = ...,
+        add_generation_prompt: bool = ...,
+        tokenize: bool = ...,
+    ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -97,7 +116,7 @@ def validate_messages(messages: list[Message]) -> None:
         raise OvchatError("the last message must be the user's")
 
 
-def choose_template(tokenizer: Any, name: str = "auto") -> ChatTemplate:
+def choose_template(tokenizer: PromptTokenizer, name: str = "auto") -> ChatTemplate:
     """The template called ``name``; ``auto`` is the model's own, else one guessed from its vocabulary."""
     if name not in TEMPLATE_CHOICES:
         raise OvchatError(f"unknown chat template {name!r}; choose one of {', '.join(TEMPLATE_CHOICES)}")
@@ -116,7 +135,7 @@ def choose_template(tokenizer: Any, name: str = "auto") -> ChatTemplate:
     return PLAIN
 
 
-def render_prompt(tokenizer: Any, messages: list[Message], template: ChatTemplate = MODEL_TEMPLATE) -> str:
+def render_prompt(tokenizer: PromptTokenizer, messages: list[Message], template: ChatTemplate = MODEL_TEMPLATE) -> str:
     """The prompt text for the next assistant turn."""
     validate_messages(messages)
     if template.jinja is None and not getattr(tokenizer, "chat_template", None):
