@@ -10,13 +10,22 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ovchat.chat import ChatTemplate, FittedPrompt, Message, choose_template, fit_to_context, render_prompt
+from ovchat.chat import (
+    ChatTemplate,
+    FittedPrompt,
+    Message,
+    PromptTokenizer,
+    choose_template,
+    fit_to_context,
+    render_prompt,
+)
 from ovchat.errors import OvchatError
+from ovchat.genai_tokenizer import GenaiTextStreamer, GenaiTokenizer, read_json
 from ovchat.paths import cache_dir
 from ovchat.settings import GenerationSettings
 from ovchat.sources import IR_BIN, IR_XML
@@ -58,11 +67,16 @@ class Reply:
     trimmed_turns: int = 0
 
 
+def config_value(config: Any, name: str) -> Any:
+    """A field of a Hugging Face config: a config object, or config.json read as a dict."""
+    return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
+
+
 def model_context_length(config: Any) -> int:
-    """The longest sequence the model was trained for, from its Hugging Face config."""
+    """The longest sequence the model was trained for, from its Hugging Face config (object or dict)."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
+        value = config_value(config, name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return FALLBACK_CONTEXT_LENGTH
 
@@ -93,22 +107,38 @@ DEFAULT_BACKEND = "genai"
 
 @dataclass(frozen=True)
 class GenaiModel:
-    """openvino-genai's pipeline, with the Hugging Face configs the engine reads (context, eos)."""
+    """openvino-genai's pipeline, with the Hugging Face configs the engine reads (context, eos) as dicts.
+
+    The configs are read as JSON, not through transformers, which imports torch (seconds).
+    """
 
     pipeline: Any
-    config: Any
-    generation_config: Any
+    config: dict[str, Any]
+    generation_config: dict[str, Any]
 
     @classmethod
     def load(cls, folder: Path, device: str, ov_config: dict[str, str]) -> GenaiModel:
         import openvino_genai
-        from transformers import AutoConfig, GenerationConfig
 
         # SDPA, not genai's default PagedAttention: on CPU, PagedAttention's prefill was faster but its
         # greedy tokens differed from the optimum path's. ov_config may still ask for "PA".
         options = {"ATTENTION_BACKEND": "SDPA", **ov_config}
         pipeline = openvino_genai.LLMPipeline(str(folder), device, **options)
-        return cls(pipeline, AutoConfig.from_pretrained(folder), GenerationConfig.from_pretrained(folder))
+        config = read_json(folder / "config.json")
+        # Without generation_config.json, transformers takes the generation settings from config.json.
+        generation = read_json(folder / "generation_config.json") or {"eos_token_id": config.get("eos_token_id")}
+        return cls(pipeline, config, generation)
+
+
+class EngineTokenizer(PromptTokenizer, Protocol):
+    """What the engine needs of a tokenizer: a Hugging Face tokenizer (optimum backend) or GenaiTokenizer."""
+
+    pad_token_id: int | None
+    unk_token_id: int | None
+
+    def __call__(self, text: str, add_special_tokens: bool = ...) -> Any: ...
+
+    def convert_tokens_to_ids(self, tokens: Any) -> Any: ...
 
 
 class StreamingEngine(Protocol):
@@ -128,7 +158,8 @@ def missing_ir_files(path: Path) -> list[str]:
 
 
 class _CountingStreamer:
-    """Wraps a TextIteratorStreamer to count tokens, time the first one and report progress."""
+    """Wraps a text streamer (transformers' TextIteratorStreamer or GenaiTextStreamer) to count tokens,
+    time the first one and report progress. Token ids come as a tensor, an array or a list."""
 
     def __init__(self, streamer: Any, on_token: Callable[[], None]) -> None:
         self.inner = streamer
@@ -141,7 +172,7 @@ class _CountingStreamer:
         if self._prompt_seen:
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
-            self.token_ids.extend(value.reshape(-1).tolist())
+            self.token_ids.extend(value.reshape(-1).tolist() if hasattr(value, "reshape") else list(value))
         self._prompt_seen = True
         self.on_token()
         self.inner.put(value)
@@ -160,7 +191,7 @@ class Engine:
     def __init__(
         self,
         model: Any,
-        tokenizer: Any,
+        tokenizer: EngineTokenizer,
         path: Path,
         device: str,
         template: str = "auto",
@@ -179,7 +210,7 @@ class Engine:
         # Last time any reply made progress; a reply waiting for the lock is not stalled
         # while another one is producing tokens.
         self._heartbeat = time.monotonic()
-        eos = model.generation_config.eos_token_id
+        eos = config_value(model.generation_config, "eos_token_id")
         self.eos_token_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.template.end_of_turn is not None:
             end_id = tokenizer.convert_tokens_to_ids(self.template.end_of_turn)
@@ -202,8 +233,9 @@ class Engine:
         """Load an IR folder made by ``export_ir.py``.
 
         ``backend`` picks the generation loop: ``optimum`` (OVModelForCausalLM.generate, the
-        transformers loop in Python) or ``genai`` (openvino-genai's LLMPipeline, a C++ loop).
-        Both stream through the same streamer, stop cutter, cancel and metrics.
+        transformers loop in Python) or ``genai`` (openvino-genai's LLMPipeline, a C++ loop, with
+        its own tokenizer; it never imports transformers or torch). Both share the stream loop,
+        stop cutter, cancel and metrics.
         """
         if backend not in BACKENDS:
             raise OvchatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -214,8 +246,6 @@ class Engine:
         if missing:
             raise OvchatError(f"{folder} is not an exported model: missing {', '.join(missing)}")
         check_device(device)
-        from transformers import AutoTokenizer
-
         config = dict(DEFAULT_CPU_CONFIG) if device.upper() == "CPU" else {"PERFORMANCE_HINT": "LATENCY"}
         if use_cache_dir:
             # optimum-intel fills the compiled-model cache only for GPU; on CPU it must be asked for.
@@ -223,13 +253,17 @@ class Engine:
             cache.mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache)
         config.update(ov_config or {})
+        tokenizer: EngineTokenizer
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
             if backend == "genai":
+                # No transformers (and so no torch) on this path: the pipeline's own tokenizer and JSON configs.
                 model: Any = GenaiModel.load(folder, device, config)
+                tokenizer = GenaiTokenizer(model.pipeline.get_tokenizer(), folder)
             else:
                 from optimum.intel import OVModelForCausalLM
+                from transformers import AutoTokenizer
 
+                tokenizer = AutoTokenizer.from_pretrained(folder)
                 model = OVModelForCausalLM.from_pretrained(folder, device=device, ov_config=config)
         except Exception as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -257,14 +291,12 @@ class Engine:
         after the current token; the final chunk then says ``cancelled`` and the text so
         far has been yielded. An error in the worker thread is re-raised here.
         """
-        from transformers import TextIteratorStreamer
-
         settings = settings or GenerationSettings()
         # halt ends this reply (a stop string, or the consumer leaving); cancel is the caller's.
         halt = threading.Event()
         fitted = self.fit(messages, settings)
         prompt_ids = fitted.token_ids
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = self._text_streamer()
         counting = _CountingStreamer(streamer, self._beat)
         failure: list[BaseException] = []
 
@@ -348,6 +380,14 @@ class Engine:
             trimmed_turns=fitted.trimmed_turns,
         )
 
+    def _text_streamer(self) -> Any:
+        """Token ids in, text out through ``text_queue``: whole characters, prompt and special tokens skipped."""
+        if self.backend == "genai":
+            return GenaiTextStreamer(self.model.pipeline.get_tokenizer())
+        from transformers import TextIteratorStreamer
+
+        return TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+
     def _generate_optimum(
         self, prompt_ids: list[int], settings: GenerationSettings, streamer: Any, should_stop: Callable[[], bool]
     ) -> None:
@@ -374,7 +414,7 @@ class Engine:
     def _generate_genai(
         self, prompt_ids: list[int], settings: GenerationSettings, streamer: Any, should_stop: Callable[[], bool]
     ) -> None:
-        """openvino-genai's C++ loop; its tokens go through the same streamer as the optimum path."""
+        """openvino-genai's C++ loop; its tokens go through the same counting streamer as the optimum path's."""
         import numpy as np
         import openvino as ov
         import openvino_genai
@@ -396,8 +436,7 @@ class Engine:
 
         class _Streamer(openvino_genai.StreamerBase):
             def write(self, token: Any) -> Any:
-                tokens = token if isinstance(token, list) else [token]
-                streamer.put(np.array(tokens, dtype=np.int64))
+                streamer.put(token if isinstance(token, list) else [token])
                 stop = should_stop()
                 return openvino_genai.StreamingStatus.STOP if stop else openvino_genai.StreamingStatus.RUNNING
 
@@ -405,7 +444,7 @@ class Engine:
                 streamer.end()
 
         ids = np.array([prompt_ids], dtype=np.int64)
-        streamer.put(ids[0])  # the prompt, which the streamer skips, as transformers' generate does
+        streamer.put(prompt_ids)  # the prompt, which the streamer skips, as transformers' generate does
         inputs = openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
         self.model.pipeline.generate(inputs, config, _Streamer())
 

@@ -1,7 +1,8 @@
-"""Scripted stand-ins for tests: a model whose "generation" is a fixed token list, and a chat engine.
+"""Scripted stand-ins for tests: models whose "generation" is a fixed token list, and a chat engine.
 
-ScriptedModel goes inside the real Engine (real tokenizer, streamer, stop cutter, cancel);
-FakeEngine replaces the engine for the terminal chat and the page, like simonw/llm's MockModel.
+ScriptedModel (the optimum backend) and ScriptedPipeline (the genai backend) go inside the real
+Engine (real tokenizer, streamer, stop cutter, cancel); FakeEngine replaces the engine for the
+terminal chat and the page, like simonw/llm's MockModel.
 """
 
 from __future__ import annotations
@@ -46,6 +47,34 @@ class ScriptedModel:
                 break
         streamer.end()
         return sequence
+
+
+class ScriptedPipeline:
+    """openvino-genai's LLMPipeline answering every prompt with ``reply_ids``, through the streamer it is given.
+
+    Goes inside a real GenaiModel and Engine (real genai tokenizer, text streamer, stop cutter, cancel).
+    """
+
+    def __init__(self, tokenizer: Any, reply_ids: list[int], after_token: Callable[[int], object] | None = None):
+        self.tokenizer = tokenizer
+        self.reply_ids = reply_ids
+        self.after_token = after_token  # called with each token's index; a test may block in it
+        self.prompts: list[list[int]] = []
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def generate(self, inputs: Any, config: Any, streamer: Any) -> None:
+        import openvino_genai
+
+        self.prompts.append(inputs.input_ids.data[0].tolist())
+        for index, token in enumerate(self.reply_ids[: config.max_new_tokens]):
+            status = streamer.write(token)
+            if token in config.stop_token_ids or status != openvino_genai.StreamingStatus.RUNNING:
+                break
+            if self.after_token is not None:
+                self.after_token(index)
+        streamer.end()
 
 
 @dataclass
