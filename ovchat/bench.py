@@ -32,6 +32,14 @@ LONG_TEXT = (
     "OpenVINO compiles a model for the CPU it runs on, and the chat page streams the reply token by token. "
     "Each paragraph of this text repeats so that the prompt is long enough to measure how fast a model reads. "
 )
+# short: a short cold question; long: a ~1,000-token cold prompt; followup: the long chat's next turn.
+PROMPT_KINDS: tuple[str, ...] = ("short", "long", "followup")
+WARM_LOAD_ROUNDS = 3
+# The next turn after the long prompt's reply (a fixed reply, so every engine reads the same chat).
+FOLLOW_UP: list[Message] = [
+    {"role": "assistant", "content": "The text says that OpenVINO compiles the model and the page streams the reply."},
+    {"role": "user", "content": "Say it in five words."},
+]
 SHORT_QUESTION = "Write a long story about a dragon who learns to cook."
 
 
@@ -70,15 +78,9 @@ def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]], extra: dict[s
     engines: dict[str, Any] = {}
     for name, runs in samples.items():
         engines[name] = {
-            "ttft_s": {
-                "short": median([run["ttft_s"] for run in runs["short"]]),
-                "long": median([run["ttft_s"] for run in runs["long"]]),
-            },
+            "ttft_s": {kind: median([run["ttft_s"] for run in runs[kind]]) for kind in PROMPT_KINDS},
             "decode_tok_s": median([run["decode_tok_s"] for run in runs["short"]]),
-            "prompt_tokens": {
-                "short": median([run["prompt_tokens"] for run in runs["short"]]),
-                "long": median([run["prompt_tokens"] for run in runs["long"]]),
-            },
+            "prompt_tokens": {kind: median([run["prompt_tokens"] for run in runs[kind]]) for kind in PROMPT_KINDS},
             "new_tokens": median([run["new_tokens"] for run in runs["short"]]),
             **extra.get(name, {}),
             "runs": runs,
@@ -87,8 +89,7 @@ def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]], extra: dict[s
     for figures in engines.values():
         figures["ratio_vs_llamacpp"] = {
             "ttft_s": {
-                kind: ratio(figures["ttft_s"][kind], base["ttft_s"][kind] if base else None)
-                for kind in ("short", "long")
+                kind: ratio(figures["ttft_s"][kind], base["ttft_s"][kind] if base else None) for kind in PROMPT_KINDS
             },
             "decode_tok_s": ratio(figures["decode_tok_s"], base["decode_tok_s"] if base else None),
             "load_s": {
@@ -150,7 +151,10 @@ class Worker:
 
 
 class PromptMaker:
-    """The short and the ~1,000-token chat of each round; the tokenizer and long text are made once."""
+    """The chats of each round: a short one, a ~1,000-token one, and the next turn of that one.
+
+    The tokenizer and the long text are made once.
+    """
 
     def __init__(self, ir: Path) -> None:
         from transformers import AutoTokenizer
@@ -165,13 +169,18 @@ class PromptMaker:
     def for_round(self, round_index: int) -> dict[str, tuple[list[Message], str]]:
         """The chats as messages and as prompt text.
 
-        A fresh tag at the start of each prompt makes every prompt cold: no engine can reuse a
-        cached prefix from an earlier run.
+        A fresh tag at the start of each prompt makes the short and long prompts cold: no engine
+        can reuse a cached prefix from an earlier run. The follow-up is the long chat's next turn,
+        asked right after it: an engine that keeps the chat's KV cache reads only the new message.
         """
         tag = f"[run {round_index}-{uuid.uuid4().hex[:8]}]"
+        long_chat: list[Message] = [
+            {"role": "user", "content": f"{tag} {self.long_text}\nSummarize the text above in one sentence."}
+        ]
         chats: dict[str, list[Message]] = {
             "short": [{"role": "user", "content": f"{tag} {SHORT_QUESTION}"}],
-            "long": [{"role": "user", "content": f"{tag} {self.long_text}\nSummarize the text above in one sentence."}],
+            "long": long_chat,
+            "followup": [*long_chat, *FOLLOW_UP],
         }
         return {
             kind: (messages, self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
@@ -197,7 +206,9 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
             progress(f"loading {name}")
             workers[name] = plan.worker(name, home / safe_name(name))
             extra[name] = {"load_s": {"cold": workers[name].load_s}}
-        samples: dict[str, dict[str, list[dict[str, Any]]]] = {name: {"short": [], "long": []} for name in workers}
+        samples: dict[str, dict[str, list[dict[str, Any]]]] = {
+            name: {kind: [] for kind in PROMPT_KINDS} for name in workers
+        }
         # One unrecorded reply each first: the first inference after a load pays one-off costs
         # (kernel selection, buffer allocation) that no later reply pays; load_s is where they belong.
         prompt_maker = PromptMaker(plan.ir)
@@ -211,18 +222,24 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
             order = list(workers)[round_index % len(workers) :] + list(workers)[: round_index % len(workers)]
             for name in order:
                 progress(f"round {round_index + 1}/{plan.rounds}: {name}")
-                for kind, new_tokens in (("short", plan.new_tokens), ("long", 8)):
+                for kind, new_tokens in (("short", plan.new_tokens), ("long", 8), ("followup", 8)):
                     messages, prompt = prompts[kind]
                     command = {"op": "run", "messages": messages, "prompt": prompt, "max_new_tokens": new_tokens}
+                    command["cold"] = kind != "followup"
                     samples[name][kind].append(workers[name].ask(command))
         for name, worker in workers.items():
             extra[name]["peak_rss_mb"] = worker.ask({"op": "stats"})["peak_rss_mb"]
             worker.close()
-        for name in plan.engines:
-            progress(f"warm load {name}")
-            again = plan.worker(name, home / safe_name(name))  # the same data folder: its compiled-model cache is full
-            extra[name]["load_s"]["warm"] = again.load_s
-            again.close()
+        # Warm loads in rounds too: the first process after a pause also pays for the OS file cache.
+        warm_loads: dict[str, list[float]] = {name: [] for name in plan.engines}
+        for round_index in range(min(plan.rounds, WARM_LOAD_ROUNDS)):
+            for name in plan.engines:
+                progress(f"warm load {round_index + 1}: {name}")
+                again = plan.worker(name, home / safe_name(name))  # the same data folder: its model cache is full
+                warm_loads[name].append(again.load_s)
+                again.close()
+        for name, loads in warm_loads.items():
+            extra[name]["load_s"].update(warm=median(loads), warm_runs=loads)
     finally:
         for worker in workers.values():
             worker.close()
@@ -283,6 +300,7 @@ def format_table(report: dict[str, Any]) -> list[list[str]]:
                 cell(figures["decode_tok_s"], ratios["decode_tok_s"], 1),
                 cell(_ms(figures["ttft_s"]["short"]), ratios["ttft_s"]["short"], 0),
                 cell(_ms(figures["ttft_s"]["long"]), ratios["ttft_s"]["long"], 0),
+                cell(_ms(figures["ttft_s"]["followup"]), ratios["ttft_s"]["followup"], 0),
                 cell(figures["load_s"].get("cold"), ratios["load_s"]["cold"], 2),
                 cell(figures["load_s"].get("warm"), ratios["load_s"]["warm"], 2),
                 cell(figures.get("peak_rss_mb"), ratios["peak_rss_mb"], 0),
@@ -291,7 +309,10 @@ def format_table(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-TABLE_HEADER = ["engine", "decode tok/s", "TTFT short ms", "TTFT ~1k ms", "load cold s", "load warm s", "peak MB"]
+TABLE_HEADER = [
+    "engine", "decode tok/s", "TTFT short ms", "TTFT ~1k ms", "TTFT next turn ms", "load cold s", "load warm s",
+    "peak MB",
+]  # fmt: skip
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -307,14 +328,15 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
 
     names = list(report["engines"])
     figures = report["engines"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     panels = [
         ("decode tok/s (higher is better)", [figures[n]["decode_tok_s"] or 0 for n in names]),
         ("TTFT, short prompt, ms", [(_ms(figures[n]["ttft_s"]["short"]) or 0) for n in names]),
         ("TTFT, ~1,000-token prompt, ms", [(_ms(figures[n]["ttft_s"]["long"]) or 0) for n in names]),
+        ("TTFT, next turn of that chat, ms", [(_ms(figures[n]["ttft_s"]["followup"]) or 0) for n in names]),
     ]
     for axis, (title, values) in zip(axes, panels, strict=True):
-        bars = axis.bar(names, values, color=["#d62728" if n == "ovchat" else "#1f77b4" for n in names])
+        bars = axis.bar(names, values, color=["#d62728" if n.startswith("ovchat") else "#1f77b4" for n in names])
         axis.bar_label(bars, fmt="%.0f")
         axis.set_title(title)
         axis.tick_params(axis="x", rotation=30)

@@ -53,16 +53,22 @@ class LengthPrompts:
         return messages, prompt
 
 
-def scaling_labels(irs: Sequence[Path], with_llamacpp: bool) -> dict[str, tuple[str, Path]]:
-    """Row label -> (engine, IR): ``ovchat`` once per IR, named after the IR folder, then llama.cpp."""
-    labels: dict[str, tuple[str, Path]] = {}
+def scaling_labels(
+    irs: Sequence[Path], with_llamacpp: bool, variants: dict[str, dict[str, str]] | None = None
+) -> dict[str, tuple[str, Path, dict[str, str]]]:
+    """Row label -> (engine, IR, OpenVINO properties): ``ovchat`` on each IR, named after its folder, then
+    each ``ovchat:NAME`` variant on each IR, then llama.cpp."""
+    labels: dict[str, tuple[str, Path, dict[str, str]]] = {}
     for ir in irs:
         label = f"ovchat {ir.name}"
         if label in labels:
             raise OvchatError(f"{ir} is given twice")
-        labels[label] = ("ovchat", ir)
+        labels[label] = ("ovchat", ir, {})
+    for variant, config in (variants or {}).items():
+        for ir in irs:
+            labels[f"{variant} {ir.name}"] = ("ovchat", ir, config)
     if with_llamacpp:
-        labels["llamacpp"] = ("llamacpp", irs[0])
+        labels["llamacpp"] = ("llamacpp", irs[0], {})
     return labels
 
 
@@ -78,14 +84,14 @@ def run_scaling(
     lengths = scaling_lengths(context, quick, SCALING_NEW_TOKENS)
     if not lengths:
         raise OvchatError(f"the context ({context} tokens) is too small for a scaling run")
-    labels = scaling_labels(irs, "llamacpp" in plan.engines)
+    labels = scaling_labels(irs, "llamacpp" in plan.engines, plan.variants)
     home = cache_dir() / "bench" / ("scaling-" + time.strftime("%Y%m%d-%H%M%S"))
     workers: dict[str, Worker] = {}
     rows: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     try:
-        for label, (engine, ir) in labels.items():
+        for label, (engine, ir, config) in labels.items():
             progress(f"loading {label}")
-            workers[label] = Worker(label, engine, ir, plan, home / safe_name(label), {})
+            workers[label] = Worker(label, engine, ir, plan, home / safe_name(label), config)
         prompts = LengthPrompts(irs[0])
         warm_up, warm_up_prompt = prompts.chat(lengths[0])
         for label, worker in workers.items():
@@ -116,8 +122,14 @@ def run_scaling(
             worker.close()
     return {
         "machine": machine_facts(plan.threads),
-        "models": {label: str(ir) for label, (_, ir) in labels.items()},
-        "settings": {"rounds": rounds, "new_tokens": SCALING_NEW_TOKENS, "lengths": lengths, "greedy": True},
+        "models": {label: str(ir) for label, (_, ir, _) in labels.items()},
+        "settings": {
+            "rounds": rounds,
+            "new_tokens": SCALING_NEW_TOKENS,
+            "lengths": lengths,
+            "greedy": True,
+            "variants": plan.variants,
+        },
         "engines": rows,
         "skipped": plan.notes,
     }

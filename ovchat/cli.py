@@ -312,8 +312,8 @@ def run_bench(args: argparse.Namespace) -> int:
     models = args.model or [ensure_default_model(args.verbose)]
     if not (args.scaling or args.quality) and len(models) > 1:
         raise OvchatError("give one --model, or several with --scaling or --quality")
-    if args.variant and (args.scaling or args.quality):
-        raise OvchatError("--variant applies to the side-by-side bench, not to --scaling or --quality")
+    if args.variant and args.quality:
+        raise OvchatError("--variant applies to the speed benches, not to --quality")
     engines = [name.strip() for name in args.engines.split(",")] if args.engines else None
     if args.scaling and engines is None:
         engines = ["ovchat", "llamacpp"]

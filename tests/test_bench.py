@@ -30,7 +30,10 @@ def fake_runs(ttft: float, rate: float, count: int = 3) -> dict[str, list[dict]]
     long = [
         {"prompt_tokens": 1000, "new_tokens": 8, "ttft_s": ttft * 10 + i, "decode_tok_s": None} for i in range(count)
     ]
-    return {"short": short, "long": long}
+    followup = [
+        {"prompt_tokens": 1040, "new_tokens": 8, "ttft_s": ttft * (2 + i), "decode_tok_s": None} for i in range(count)
+    ]
+    return {"short": short, "long": long, "followup": followup}
 
 
 def test_median_and_ratio_ignore_missing_values() -> None:
@@ -55,6 +58,8 @@ def test_summary_gives_medians_and_ratios_to_llamacpp() -> None:
     assert ovchat["ttft_s"]["short"] == pytest.approx(0.055)
     assert ovchat["ratio_vs_llamacpp"]["decode_tok_s"] == pytest.approx(119.0 / 99.0)
     assert ovchat["ratio_vs_llamacpp"]["ttft_s"]["short"] == pytest.approx(0.5)
+    assert ovchat["ttft_s"]["followup"] == pytest.approx(0.15)  # median of 0.05 x (2, 3, 4)
+    assert ovchat["ratio_vs_llamacpp"]["ttft_s"]["followup"] == pytest.approx(0.5)
     assert ovchat["ratio_vs_llamacpp"]["load_s"] == {"cold": 2.0, "warm": 2.0}
     assert ovchat["ratio_vs_llamacpp"]["peak_rss_mb"] == 3.0
     assert engines["llamacpp"]["ratio_vs_llamacpp"]["decode_tok_s"] == 1.0
@@ -65,7 +70,7 @@ def test_summary_gives_medians_and_ratios_to_llamacpp() -> None:
 def test_without_llamacpp_every_ratio_is_empty() -> None:
     engines = summarize({"ovchat": fake_runs(0.05, 120.0)}, {"ovchat": {"load_s": {"cold": 2.0}, "peak_rss_mb": 9.0}})
     ratios = engines["ovchat"]["ratio_vs_llamacpp"]
-    assert ratios["decode_tok_s"] is None and ratios["ttft_s"] == {"short": None, "long": None}
+    assert ratios["decode_tok_s"] is None and ratios["ttft_s"] == {"short": None, "long": None, "followup": None}
     assert format_table({"engines": engines})[0][1] == "119.0"
 
 
@@ -98,7 +103,10 @@ def test_bench_command_on_the_tiny_model_writes_json_and_a_chart(tiny_irs: dict[
         assert figures["decode_tok_s"] > 0 and figures["ttft_s"]["short"] > 0 and figures["ttft_s"]["long"] > 0
         assert figures["load_s"]["cold"] > 0 and figures["load_s"]["warm"] > 0 and figures["peak_rss_mb"] > 0
         assert len(figures["runs"]["short"]) == 2  # --quick: two interleaved rounds
+        assert len(figures["load_s"]["warm_runs"]) == 2 and min(figures["load_s"]["warm_runs"]) > 0
         assert figures["prompt_tokens"]["long"] > figures["prompt_tokens"]["short"]
+        assert figures["prompt_tokens"]["followup"] > figures["prompt_tokens"]["long"]  # the same chat, one turn on
+        assert figures["ttft_s"]["followup"] > 0
     assert "decode tok/s" in result.stdout and "ovchat" in result.stdout
     assert chart.read_bytes().startswith(b"\x89PNG")
 
@@ -125,9 +133,14 @@ def test_scaling_lengths_leave_room_for_the_reply_and_labels_name_each_ir(tmp_pa
     int8, int4 = tmp_path / "m-int8", tmp_path / "m-int4"
     labels = scaling_labels([int8, int4], with_llamacpp=True)
     assert labels == {
-        "ovchat m-int8": ("ovchat", int8),
-        "ovchat m-int4": ("ovchat", int4),
-        "llamacpp": ("llamacpp", int8),
+        "ovchat m-int8": ("ovchat", int8, {}),
+        "ovchat m-int4": ("ovchat", int4, {}),
+        "llamacpp": ("llamacpp", int8, {}),
+    }
+    with_variant = scaling_labels([int8], with_llamacpp=False, variants={"ovchat:pa": {"ATTENTION_BACKEND": "PA"}})
+    assert with_variant == {
+        "ovchat m-int8": ("ovchat", int8, {}),
+        "ovchat:pa m-int8": ("ovchat", int8, {"ATTENTION_BACKEND": "PA"}),
     }
     with pytest.raises(OvchatError, match="given twice"):
         scaling_labels([int8, int8], with_llamacpp=False)
@@ -192,7 +205,7 @@ def test_scaling_and_quality_commands_on_the_tiny_irs(tiny_irs: dict[str, Path],
     "flags, message",
     [
         (["--variant", "nokeys"], "--variant 'nokeys'"),
-        (["--scaling", "--variant", "a:B=1"], "--variant applies to the side-by-side bench"),
+        (["--quality", "--variant", "a:B=1"], "--variant applies to the speed benches"),
         (["--scaling", "--quality"], "not allowed with argument"),
     ],
 )
