@@ -216,6 +216,7 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
         for name, worker in workers.items():
             progress(f"warming up {name}")
             worker.ask({"op": "run", "messages": warm_up, "prompt": warm_up_prompt, "max_new_tokens": 4})
+        streaming_costs: list[dict[str, float]] = []
         for round_index in range(plan.rounds):
             prompts = prompt_maker.for_round(round_index)
             # Rotate the order each round so no engine is always first after a pause.
@@ -227,6 +228,12 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
                     command = {"op": "run", "messages": messages, "prompt": prompt, "max_new_tokens": new_tokens}
                     command["cold"] = kind != "followup"
                     samples[name][kind].append(workers[name].ask(command))
+                if name == "ovchat":
+                    command = {"op": "streaming_cost", "max_new_tokens": plan.new_tokens}
+                    command.update(streamed=prompts["short"][0], bare=prompt_maker.for_round(round_index)["short"][0])
+                    streaming_costs.append(workers[name].ask(command))
+        if streaming_costs:
+            extra["ovchat"]["streaming_overhead"] = streaming_overhead(streaming_costs)
         for name, worker in workers.items():
             extra[name]["peak_rss_mb"] = worker.ask({"op": "stats"})["peak_rss_mb"]
             worker.close()
@@ -250,6 +257,13 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
         "engines": summarize(samples, extra),
         "skipped": plan.notes,
     }
+
+
+def streaming_overhead(costs: list[dict[str, float]]) -> float | None:
+    """How much longer a token takes through Engine.stream than from the bare loop: 0.03 is 3%."""
+    streamed = median([cost["streamed_s_per_token"] for cost in costs])
+    bare = median([cost["bare_s_per_token"] for cost in costs])
+    return streamed / bare - 1 if streamed is not None and bare else None
 
 
 def safe_name(label: str) -> str:

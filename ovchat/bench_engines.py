@@ -73,6 +73,34 @@ class OvchatEngine(BenchEngine):
         final = list(self.engine.stream(messages, settings))[-1]
         return Sample(final.prompt_tokens, final.new_tokens, final.ttft_s or 0.0, final.decode_tok_s)
 
+    def streaming_cost(self, streamed: list[Message], bare: list[Message], max_new_tokens: int) -> dict[str, float]:
+        """Wall time per token of a greedy reply through Engine.stream, and through the bare genai
+        pipeline beneath it with no streamer: what streaming into Python costs.
+
+        Two cold chats of the same length, so neither reuses the other's prefix cache.
+        """
+        import numpy as np
+        import openvino as ov
+        import openvino_genai
+
+        from ovchat.settings import GenerationSettings
+
+        settings = GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=max_new_tokens)
+        started = time.perf_counter()
+        final = list(self.engine.stream(streamed, settings))[-1]
+        streamed_s = (time.perf_counter() - started) / max(final.new_tokens, 1)
+        ids = np.array([self.engine.fit(bare, settings).token_ids], dtype=np.int64)
+        config = openvino_genai.GenerationConfig()
+        config.max_new_tokens = max_new_tokens
+        config.stop_token_ids = set(self.engine.eos_token_ids)
+        config.apply_chat_template = False
+        started = time.perf_counter()
+        result = self.engine.model.pipeline.generate(
+            openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))), config
+        )
+        bare_s = (time.perf_counter() - started) / max(len(result.tokens[0]), 1)
+        return {"streamed_s_per_token": streamed_s, "bare_s_per_token": bare_s}
+
 
 class OptimumEngine(BenchEngine):
     """OVModelForCausalLM.generate with no streamer: the floor for the page's Python loop."""
@@ -264,6 +292,8 @@ def worker_main(argv: list[str] | None = None) -> int:
                 engine.forget_prompts()
             sample = engine.run(command["messages"], command["prompt"], command["max_new_tokens"])
             answer: dict[str, Any] = asdict(sample)
+        elif command["op"] == "streaming_cost" and isinstance(engine, OvchatEngine):
+            answer = engine.streaming_cost(command["streamed"], command["bare"], command["max_new_tokens"])
         elif command["op"] == "stats":
             answer = {"peak_rss_mb": peak_rss_mb(), "rss_mb": rss_mb()}
         else:

@@ -348,6 +348,9 @@ def run_bench(args: argparse.Namespace) -> int:
                 title += " · (ratio to llama.cpp)"
                 header, rows = TABLE_HEADER, format_table(report)
                 kind = "bench"
+                overhead = report["engines"].get("ovchat", {}).get("streaming_overhead")
+                if overhead is not None:
+                    title += f" · streaming costs {overhead:+.1%} per token against the bare genai loop"
     report["seconds"] = time.perf_counter() - started
     print_table(title, header, rows)
     write_report(report, args, kind, console)

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from ovchat.bench import format_table, median, parse_variant, plan_bench, ratio, source_checkpoint, summarize
+from ovchat.bench import (
+    format_table,
+    median,
+    parse_variant,
+    plan_bench,
+    ratio,
+    source_checkpoint,
+    streaming_overhead,
+    summarize,
+)
 from ovchat.bench_engines import decode_rate
 from ovchat.bench_quality import perplexity, text_windows
 from ovchat.bench_scaling import scaling_labels, scaling_lengths
@@ -43,6 +52,10 @@ def test_median_and_ratio_ignore_missing_values() -> None:
     assert ratio(1.0, None) is None and ratio(None, 1.0) is None and ratio(1.0, 0.0) is None
     assert decode_rate(65, 1.0) == 64.0
     assert decode_rate(1, 1.0) is None and decode_rate(10, 0.0) is None
+    costs = [
+        {"streamed_s_per_token": s, "bare_s_per_token": b} for s, b in ((0.0103, 0.01), (0.5, 0.011), (0.0104, 0.009))
+    ]
+    assert streaming_overhead(costs) == pytest.approx(0.0104 / 0.01 - 1)  # medians of each, then the ratio
 
 
 def test_summary_gives_medians_and_ratios_to_llamacpp() -> None:
@@ -108,6 +121,8 @@ def test_bench_command_on_the_tiny_model_writes_json_and_a_chart(tiny_irs: dict[
         assert figures["prompt_tokens"]["followup"] > figures["prompt_tokens"]["long"]  # the same chat, one turn on
         assert figures["ttft_s"]["followup"] > 0
     assert "decode tok/s" in result.stdout and "ovchat" in result.stdout
+    overhead = report["engines"]["ovchat"]["streaming_overhead"]
+    assert isinstance(overhead, float) and overhead > -1 and "streaming costs" in result.stdout
     assert chart.read_bytes().startswith(b"\x89PNG")
 
 
