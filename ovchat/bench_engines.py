@@ -175,6 +175,7 @@ class GenaiEngine(BenchEngine):
         config.max_new_tokens = max_new_tokens
         config.min_new_tokens = max_new_tokens
         config.do_sample = False
+        config.apply_chat_template = False  # the prompt is already rendered with the chat template
         result = self.pipeline.generate([prompt], config)
         metrics = result.perf_metrics
         per_token_ms = metrics.get_tpot().mean

@@ -193,7 +193,7 @@ class _CountingStreamer:
 
 
 class Engine:
-    """One loaded model. Replies are serialized: the stateful IR has one KV cache.
+    """One loaded model. Replies are serialized: a pipeline runs one generation at a time.
 
     Several threads may call :meth:`stream` at once; each reply waits for the previous
     one to finish, so tokens of two replies never mix.

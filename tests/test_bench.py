@@ -117,6 +117,7 @@ def test_bench_command_on_the_tiny_model_writes_json_and_a_chart(tiny_irs: dict[
         assert figures["load_s"]["cold"] > 0 and figures["load_s"]["warm"] > 0 and figures["peak_rss_mb"] > 0
         assert len(figures["runs"]["short"]) == 2  # --quick: two interleaved rounds
         assert len(figures["load_s"]["warm_runs"]) == 2 and min(figures["load_s"]["warm_runs"]) > 0
+        assert figures["prompt_tokens"] == report["engines"]["ovchat"]["prompt_tokens"], name  # the same prompts
         assert figures["prompt_tokens"]["long"] > figures["prompt_tokens"]["short"]
         assert figures["prompt_tokens"]["followup"] > figures["prompt_tokens"]["long"]  # the same chat, one turn on
         assert figures["ttft_s"]["followup"] > 0
