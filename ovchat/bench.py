@@ -333,16 +333,31 @@ def _ms(seconds: float | None) -> float | None:
     return seconds * 1000 if seconds is not None else None
 
 
-def draw_chart(report: dict[str, Any], path: Path) -> None:
-    """Bars for decode speed and TTFT per engine, in a PNG."""
+def figure(*grid: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib figure and its axes, drawn off-screen (no display: the bench writes files)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # no display: write the file only
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(*grid, figsize=figsize)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a bench chart as PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_chart(report: dict[str, Any], path: Path) -> None:
+    """Bars for decode speed and TTFT per engine, in a PNG."""
     names = list(report["engines"])
     figures = report["engines"]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    fig, axes = figure(1, 4, figsize=(17, 4))
     panels = [
         ("decode tok/s (higher is better)", [figures[n]["decode_tok_s"] or 0 for n in names]),
         ("TTFT, short prompt, ms", [(_ms(figures[n]["ttft_s"]["short"]) or 0) for n in names]),
@@ -356,10 +371,7 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
         axis.tick_params(axis="x", rotation=30)
     machine = report["machine"]
     fig.suptitle(f"{Path(report['model']['ir']).name} · {machine['cpu']} · {machine['threads']} threads")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plan_bench(

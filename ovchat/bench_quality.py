@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ovchat.bench import figure, save_figure
 from ovchat.errors import OvchatError
 
 # The US Declaration of Independence (1776, public domain): plain English prose of ~1,800 tokens.
@@ -133,14 +134,9 @@ def format_quality_table(report: dict[str, Any]) -> tuple[list[str], list[list[s
 
 def draw_quality_chart(report: dict[str, Any], path: Path) -> None:
     """Perplexity (bars) and IR size (labels) per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: write the file only
-    import matplotlib.pyplot as plt
-
     names = list(report["models"])
     rows = report["models"]
-    fig, axis = plt.subplots(figsize=(max(6, 1.6 * len(names)), 4))
+    fig, axis = figure(figsize=(max(6, 1.6 * len(names)), 4))
     bars = axis.bar([rows[name]["weights"] for name in names], [rows[name]["perplexity"] for name in names])
     labels = [
         f"{rows[name]['perplexity']:.2f}" + (f"\n{rows[name]['ir_mb']:.0f} MB" if rows[name]["ir_mb"] else "")
@@ -150,7 +146,4 @@ def draw_quality_chart(report: dict[str, Any], path: Path) -> None:
     axis.set_ylabel("perplexity (lower is better)")
     axis.set_title(f"perplexity on {report['text']['file']}, {report['text']['tokens']} tokens")
     axis.margins(y=0.2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

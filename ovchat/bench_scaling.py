@@ -14,7 +14,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ovchat.bench import LONG_TEXT, BenchPlan, Worker, context_length, machine_facts, median, safe_name
+from ovchat.bench import (
+    LONG_TEXT,
+    BenchPlan,
+    Worker,
+    context_length,
+    figure,
+    machine_facts,
+    median,
+    safe_name,
+    save_figure,
+)
 from ovchat.chat import Message
 from ovchat.errors import OvchatError
 from ovchat.paths import cache_dir
@@ -157,12 +167,7 @@ def format_scaling_table(report: dict[str, Any]) -> tuple[list[str], list[list[s
 
 def draw_scaling_chart(report: dict[str, Any], path: Path) -> None:
     """TTFT, decode speed and memory against prompt length, one line per engine."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: write the file only
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = figure(1, 3, figsize=(14, 4.2))
     panels = [
         ("TTFT, s (lower is better)", lambda point: point["ttft_s"]),
         ("decode tok/s after that prompt (higher is better)", lambda point: point["decode_tok_s"]),
@@ -180,7 +185,4 @@ def draw_scaling_chart(report: dict[str, Any], path: Path) -> None:
     axes[0].legend(fontsize=8)
     machine = report["machine"]
     fig.suptitle(f"ovchat bench --scaling · {machine['cpu']} · {machine['threads']} threads")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
