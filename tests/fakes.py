@@ -19,6 +19,18 @@ from ovchat.engine import Chunk
 from ovchat.settings import GenerationSettings
 
 
+def system(content: str) -> Message:
+    return {"role": "system", "content": content}
+
+
+def user(content: str) -> Message:
+    return {"role": "user", "content": content}
+
+
+def assistant(content: str) -> Message:
+    return {"role": "assistant", "content": content}
+
+
 class ScriptedModel:
     """Answers every prompt with ``reply_ids``, one token at a time, as generate() would.
 

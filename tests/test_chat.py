@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import assistant, system, user
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -26,19 +27,6 @@ from ovchat.chat import (
     validate_messages,
 )
 from ovchat.errors import OvchatError
-
-
-def system(content: str) -> Message:
-    return {"role": "system", "content": content}
-
-
-def user(content: str) -> Message:
-    return {"role": "user", "content": content}
-
-
-def assistant(content: str) -> Message:
-    return {"role": "assistant", "content": content}
-
 
 CHAT = [system("Be brief."), user("hi"), assistant("hello"), user("again")]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import ScriptedPipeline
+from fakes import ScriptedPipeline, assistant, system, user
 
 from ovchat.chat import CHATML, LLAMA2, MODEL_TEMPLATE, PLAIN, ChatTemplate, Message, choose_template, render_prompt
 from ovchat.engine import Engine, GenaiModel
@@ -34,18 +34,6 @@ TOKENIZER_FILES = (
     "openvino_detokenizer.xml",
     "openvino_detokenizer.bin",
 )
-
-
-def system(content: str) -> Message:
-    return {"role": "system", "content": content}
-
-
-def user(content: str) -> Message:
-    return {"role": "user", "content": content}
-
-
-def assistant(content: str) -> Message:
-    return {"role": "assistant", "content": content}
 
 
 CHATS: list[list[Message]] = [
