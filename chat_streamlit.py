@@ -3,7 +3,8 @@
 UI only. Loading, exporting, generating and saving live in the ovchat package. The open
 chat's id is in the URL (?chat=ID) and every chat is in SQLite, so a reload keeps it.
 One engine per model and device is shared by all tabs (st.cache_resource); it answers
-one reply at a time, so two tabs never mix their replies.
+one reply at a time, so two tabs never mix their replies. The package's layout is in
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ from pathlib import Path
 
 import streamlit as st
 
-from ovchat.conversation import describe_reply, stream_into_store
+from ovchat.chats import (
+    ConversationStore,
+    chat_to_dict,
+    chat_to_markdown,
+    describe_reply,
+    parse_chat,
+    stream_into_store,
+)
+from ovchat.chats.store import STORE_FILE, title_from
 from ovchat.engine import BACKENDS, DEFAULT_BACKEND, Engine, available_devices
 from ovchat.errors import OvchatError
-from ovchat.export import default_model_folder, export_model
+from ovchat.export import default_model_folder, ensure_default_model, export_model
+from ovchat.model_folder import is_complete
 from ovchat.paths import data_home, models_dir
 from ovchat.settings import GenerationSettings
-from ovchat.sources import is_ir_folder
-from ovchat.store import STORE_FILE, ConversationStore, title_from
-from ovchat.transcript import chat_to_dict, chat_to_markdown, parse_chat
 
 MODEL_ENV = "OVCHAT_MODEL"  # an IR folder to open first instead of the default model
 OTHER_FOLDER = "Other folder..."
@@ -33,7 +40,7 @@ st.set_page_config(page_title="ovchat", page_icon="💬")
 
 
 @st.cache_resource(show_spinner="Loading the model...")
-def load_engine(path: str, device: str, backend: str) -> Engine:
+def shared_engine(path: str, device: str, backend: str) -> Engine:
     """One engine per model, device and backend, shared by every browser tab."""
     return Engine.load(path, device=device, backend=backend)
 
@@ -151,7 +158,7 @@ def import_chat() -> None:
 
 def model_sidebar() -> tuple[Path | None, str, str]:
     st.header("Model")
-    folders = sorted(str(path) for path in models_dir().glob("*") if is_ir_folder(path))
+    folders = sorted(str(path) for path in models_dir().glob("*") if is_complete(path))
     default = str(default_model_folder())
     configured = os.environ.get(MODEL_ENV)
     # Open the configured model, else the default one if exported (or if nothing is: the first
@@ -269,9 +276,8 @@ def system_prompt_sidebar(chat_id: int | None) -> str:
 # ----- the chat -----
 
 
-def first_run_export() -> None:
-    """With no exported model at all, export the default one here, with its progress visible."""
-    folder = default_model_folder()
+def first_run_export(folder: Path) -> None:
+    """Export the default model here, with its progress visible (the first run, or after it was deleted)."""
     with st.status("First run: exporting the default model to OpenVINO (about a minute)...", expanded=True) as status:
 
         def progress(step: str, event: str, seconds: float | None) -> None:
@@ -329,7 +335,7 @@ def chat_actions(chat_id: int) -> None:
     right.button("✏️ Edit", on_click=st.session_state.__setitem__, args=("editing", True), use_container_width=True)
 
 
-def stream_reply(engine: Engine, chat_id: int, settings: GenerationSettings) -> None:
+def show_streaming_reply(engine: Engine, chat_id: int, settings: GenerationSettings) -> None:
     saved = threading.Event()
     st.session_state.reply_saved = saved
     with st.chat_message("assistant"):
@@ -369,9 +375,9 @@ def main() -> None:
         show_history(chat_id)
         return
     try:
-        if not os.environ.get(MODEL_ENV) and folder == default_model_folder() and not is_ir_folder(folder):
-            first_run_export()
-        engine = load_engine(str(folder), device, backend)
+        if not os.environ.get(MODEL_ENV) and folder == default_model_folder():
+            ensure_default_model(first_run_export)
+        engine = shared_engine(str(folder), device, backend)
     except OvchatError as error:
         st.error(f"{error}")
         st.info(
@@ -393,7 +399,7 @@ def main() -> None:
         st.session_state.generate = True
     show_history(chat_id)
     if chat_id is not None and st.session_state.pop("generate", False):
-        stream_reply(engine, chat_id, settings)
+        show_streaming_reply(engine, chat_id, settings)
     elif chat_id is not None:
         chat_actions(chat_id)
 

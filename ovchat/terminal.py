@@ -10,12 +10,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from ovchat.chat import Message
-from ovchat.conversation import describe_metrics, reply_meta
-from ovchat.engine import Chunk, StreamingEngine
+from ovchat.chats.files import save_chat
+from ovchat.engine import Reply, ReplyStats, StreamingEngine, collect
 from ovchat.errors import OvchatError
+from ovchat.prompt import Message
 from ovchat.settings import GenerationSettings
-from ovchat.transcript import save_chat
 
 EXIT_WORDS = ("exit", "quit", "bye", "/exit", "/bye", "/quit")
 MULTILINE_FENCE = '"""'
@@ -41,28 +40,20 @@ def interrupt_sets(cancel: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def format_stats(final: Chunk) -> str:
-    return "[" + describe_metrics(reply_meta(final)) + "]"
+def format_stats(stats: ReplyStats) -> str:
+    return "[" + stats.describe() + "]"
 
 
-def stream_reply(
-    engine: StreamingEngine, messages: list[Message], settings: GenerationSettings, out: TextIO
-) -> tuple[str, Chunk]:
-    """Print the reply as it streams; Ctrl-C stops it. Returns the text and the final chunk."""
+def print_reply(engine: StreamingEngine, messages: list[Message], settings: GenerationSettings, out: TextIO) -> Reply:
+    """Print the reply as it streams; Ctrl-C stops it and keeps the text so far."""
     cancel = threading.Event()
-    parts: list[str] = []
-    final: Chunk | None = None
+
+    def show(text: str) -> None:
+        out.write(text)
+        out.flush()
+
     with interrupt_sets(cancel):
-        for chunk in engine.stream(messages, settings, cancel):
-            if chunk.finish_reason is None:
-                parts.append(chunk.text)
-                out.write(chunk.text)
-                out.flush()
-            else:
-                final = chunk
-    if final is None:  # Engine.stream always ends with a final chunk
-        raise OvchatError("the reply ended without a final chunk")
-    return "".join(parts), final
+        return collect(engine.stream(messages, settings, cancel), on_text=show)
 
 
 class TerminalChat:
@@ -173,19 +164,19 @@ class TerminalChat:
     def answer(self) -> None:
         """Stream a reply to the last user message and keep it in the history."""
         try:
-            text, final = stream_reply(self.engine, self.messages, self.settings, self.out)
+            reply = print_reply(self.engine, self.messages, self.settings, self.out)
         except OvchatError as error:
             self.messages.pop()
             self.info(f"error: {error}")
             return
         self.out.write("\n")
         self.out.flush()
-        if final.finish_reason == "cancelled" and not text:
+        if reply.stats.finish_reason == "cancelled" and not reply.text:
             self.messages.pop()  # nothing was said; the user's message stays on screen to resend
             self.info("[stopped before any reply]")
             return
-        self.messages.append({"role": "assistant", "content": text})
-        self.info(format_stats(final))
+        self.messages.append({"role": "assistant", "content": reply.text})
+        self.info(format_stats(reply.stats))
         try:
             self.save()  # after every reply, so a crash loses nothing
         except OvchatError as error:

@@ -1,8 +1,8 @@
-"""Scripted stand-ins for tests: models whose "generation" is a fixed token list, and a chat engine.
+"""Scripted stand-ins for tests: a backend whose "generation" is a fixed token list, and a chat engine.
 
-ScriptedModel (the optimum backend) and ScriptedPipeline (the genai backend) go inside the real
-Engine (real tokenizer, streamer, stop cutter, cancel); FakeEngine replaces the engine for the
-terminal chat and the page, like simonw/llm's MockModel.
+ScriptedBackend goes inside the real Engine (real tokenizer, detokenizer, stop cutter, cancel,
+stats) in place of a model's generation loop; FakeEngine replaces the engine for the terminal
+chat and the page, like simonw/llm's MockModel.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from ovchat.chat import Message
-from ovchat.engine import Chunk
+from ovchat.engine import Chunk, GenerationRequest, ReplyStats
+from ovchat.engine.backends import Detokenizer
+from ovchat.prompt import Message
 from ovchat.settings import GenerationSettings
 
 
@@ -31,62 +31,49 @@ def assistant(content: str) -> Message:
     return {"role": "assistant", "content": content}
 
 
-class ScriptedModel:
-    """Answers every prompt with ``reply_ids``, one token at a time, as generate() would.
+class ScriptedBackend:
+    """A backend that answers every prompt with ``reply_ids``, one token at a time, as a real loop would:
+    it stops at an end token, at ``max_new_tokens`` and when asked to.
 
-    ``block`` (an Event) makes generate wait before the first token, to imitate a hung device.
+    ``detokenizer`` makes the real detokenizer of the tokenizer's kind (transformers' or openvino-genai's);
+    ``block`` (an Event) makes generate wait before the first token, to imitate a hung device;
+    ``after_token(index)`` runs after each token, and a test may block in it.
     """
 
-    def __init__(self, reply_ids: list[int], eos_id: int, context: int = 512, block: threading.Event | None = None):
-        self.reply_ids = reply_ids
-        self.config = SimpleNamespace(max_position_embeddings=context)
-        self.generation_config = SimpleNamespace(eos_token_id=eos_id)
-        self.block = block
-        self.calls: list[dict[str, Any]] = []
-
-    def generate(self, input_ids: Any, streamer: Any, stopping_criteria: Any, max_new_tokens: int, **kwargs: Any):
-        import torch
-
-        self.calls.append({"input_ids": input_ids, "max_new_tokens": max_new_tokens, **kwargs})
-        if self.block is not None:
-            self.block.wait()
-        streamer.put(input_ids)
-        sequence = input_ids
-        for token in self.reply_ids[:max_new_tokens]:
-            sequence = torch.cat([sequence, torch.tensor([[token]])], dim=1)
-            streamer.put(torch.tensor([token]))
-            if token in (kwargs.get("eos_token_id") or []) or any(c(sequence, None).all() for c in stopping_criteria):
-                break
-        streamer.end()
-        return sequence
-
-
-class ScriptedPipeline:
-    """openvino-genai's LLMPipeline answering every prompt with ``reply_ids``, through the streamer it is given.
-
-    Goes inside a real GenaiModel and Engine (real genai tokenizer, text streamer, stop cutter, cancel).
-    """
-
-    def __init__(self, tokenizer: Any, reply_ids: list[int], after_token: Callable[[int], object] | None = None):
+    def __init__(
+        self,
+        tokenizer: Any,
+        detokenizer: Callable[[], Detokenizer],
+        reply_ids: list[int],
+        eos_id: int,
+        context: int = 512,
+        block: threading.Event | None = None,
+        after_token: Callable[[int], object] | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
+        self.make_detokenizer = detokenizer
         self.reply_ids = reply_ids
-        self.after_token = after_token  # called with each token's index; a test may block in it
+        self.model_config = {"max_position_embeddings": context}
+        self.generation_config = {"eos_token_id": eos_id}
+        self.block = block
+        self.after_token = after_token
         self.prompts: list[list[int]] = []
 
-    def get_tokenizer(self) -> Any:
-        return self.tokenizer
+    def detokenizer(self) -> Detokenizer:
+        return self.make_detokenizer()
 
-    def generate(self, inputs: Any, config: Any, streamer: Any) -> None:
-        import openvino_genai
-
-        self.prompts.append(inputs.input_ids.data[0].tolist())
-        for index, token in enumerate(self.reply_ids[: config.max_new_tokens]):
-            status = streamer.write(token)
-            if token in config.stop_token_ids or status != openvino_genai.StreamingStatus.RUNNING:
+    def generate(
+        self, request: GenerationRequest, on_tokens: Callable[[list[int]], None], should_stop: Callable[[], bool]
+    ) -> None:
+        self.prompts.append(list(request.prompt_ids))
+        if self.block is not None:
+            self.block.wait()
+        for index, token in enumerate(self.reply_ids[: request.settings.max_new_tokens]):
+            on_tokens([token])
+            if token in request.end_token_ids or should_stop():
                 break
             if self.after_token is not None:
                 self.after_token(index)
-        streamer.end()
 
 
 @dataclass
@@ -124,7 +111,7 @@ class FakeEngine:
             if self.on_chunk is not None:
                 self.on_chunk(index, cancel)
         finish = "cancelled" if cancel.is_set() else "eos"
-        yield Chunk(
+        stats = ReplyStats(
             finish_reason=finish,
             prompt_tokens=sum(len(m["content"].split()) for m in messages),
             new_tokens=produced,
@@ -132,3 +119,4 @@ class FakeEngine:
             decode_tok_s=100.0,
             trimmed_turns=self.trimmed_turns,
         )
+        yield Chunk(stats=stats)

@@ -13,19 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from ovchat.bench import (
-    format_table,
-    median,
-    parse_variant,
-    plan_bench,
-    ratio,
-    source_checkpoint,
-    streaming_overhead,
-    summarize,
-)
-from ovchat.bench_engines import decode_rate
-from ovchat.bench_quality import perplexity, text_windows
-from ovchat.bench_scaling import scaling_labels, scaling_lengths
+from ovchat.bench.quality import perplexity, text_windows
+from ovchat.bench.report import format_table, median, ratio
+from ovchat.bench.runners import decode_rate
+from ovchat.bench.scaling import scaling_labels, scaling_lengths
+from ovchat.bench.speed import parse_variant, plan_bench, source_checkpoint, streaming_overhead, summarize
 from ovchat.errors import OvchatError
 
 REPORT_KEYS = {"ttft_s", "decode_tok_s", "load_s", "peak_rss_mb", "ratio_vs_llamacpp"}

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from ovchat.chat import (
+from ovchat.errors import OvchatError
+from ovchat.prompt import (
     CHATML,
     LLAMA2,
     MODEL_TEMPLATE,
@@ -26,7 +27,6 @@ from ovchat.chat import (
     split_turns,
     validate_messages,
 )
-from ovchat.errors import OvchatError
 
 CHAT = [system("Be brief."), user("hi"), assistant("hello"), user("again")]
 

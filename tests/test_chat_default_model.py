@@ -23,11 +23,11 @@ GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=512)
 def test_reply_ends_at_end_of_turn_with_clean_text(default_engine: Engine, question: str) -> None:
     chunks = list(default_engine.stream([{"role": "user", "content": question}], GREEDY))
     final, text = chunks[-1], "".join(chunk.text for chunk in chunks[:-1])
-    assert final.finish_reason == "eos" and final.new_tokens < GREEDY.max_new_tokens
+    assert final.stats.finish_reason == "eos" and final.stats.new_tokens < GREEDY.max_new_tokens
     assert text.strip() and len(chunks) > 2  # streamed in pieces, not one block
     assert all("\ufffd" not in chunk.text for chunk in chunks)
     assert "<|im_end|>" not in text and "<|im_start|>" not in text
-    assert final.ttft_s is not None and final.ttft_s > 0 and final.decode_tok_s is not None
+    assert final.stats.ttft_s is not None and final.stats.ttft_s > 0 and final.stats.decode_tok_s is not None
 
 
 def test_third_answer_uses_the_first_turn(default_engine: Engine) -> None:

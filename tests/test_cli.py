@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ovchat.transcript import load_chat, save_chat
+from ovchat.chats.files import load_chat, save_chat
 
 ASK_KEYS = {"text", "finish_reason", "prompt_tokens", "new_tokens", "ttft_s", "decode_tok_s"}
 

@@ -7,11 +7,11 @@ import threading
 import pytest
 from fakes import FakeEngine
 
-from ovchat.conversation import describe_reply, stream_into_store
-from ovchat.engine import Chunk
+from ovchat.chats.recording import describe_reply, stream_into_store
+from ovchat.chats.store import ConversationStore
+from ovchat.engine import Chunk, ReplyStats
 from ovchat.errors import OvchatError
 from ovchat.settings import GenerationSettings
-from ovchat.store import ConversationStore
 
 SETTINGS = GenerationSettings(temperature=0.0)
 
@@ -87,7 +87,7 @@ class SilentEngine(FakeEngine):
     """Ends its reply at once (eos as the first token): a final chunk and no text."""
 
     def stream(self, messages, settings=None, cancel=None):  # type: ignore[override]
-        yield Chunk(finish_reason="eos", prompt_tokens=3, new_tokens=1, ttft_s=0.01)
+        yield Chunk(stats=ReplyStats(finish_reason="eos", prompt_tokens=3, new_tokens=1, ttft_s=0.01))
 
 
 def test_a_finished_reply_without_text_is_still_a_turn(store: ConversationStore) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ovchat.sources import DEFAULT_GGUF_SHA256
+from ovchat.export.sources import DEFAULT_GGUF_SHA256
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def test_smoke_chat_reply_ends_at_end_of_turn(default_model_ir: Path) -> None:
         [{"role": "user", "content": "What is the capital of France?"}],
         GenerationSettings(max_new_tokens=128, temperature=0.0),
     )
-    assert reply.finish_reason == "eos"
+    assert reply.stats.finish_reason == "eos"
     assert "Paris" in reply.text
     assert "<|im_end|>" not in reply.text and "\ufffd" not in reply.text
-    assert reply.new_tokens < 128
+    assert reply.stats.new_tokens < 128

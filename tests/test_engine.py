@@ -7,9 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from fakes import ScriptedModel
+from fakes import ScriptedBackend
 
-from ovchat.engine import Engine, _StopCutter, available_devices
+from ovchat.engine import Engine, available_devices
+from ovchat.engine.streaming import StopCutter
 from ovchat.errors import OvchatError
 from ovchat.settings import GenerationSettings
 
@@ -26,15 +27,15 @@ def test_stream_equals_plain_generate(engine: Engine) -> None:
     import torch
 
     prompt_ids = engine.encode(HELLO)
-    plain = engine.model.generate(
+    plain = engine.backend.model.generate(
         input_ids=torch.tensor([prompt_ids]), max_new_tokens=12, do_sample=False, repetition_penalty=1.0
     )[0, len(prompt_ids) :].tolist()
     reply = engine.generate(HELLO, GREEDY)
-    assert reply.prompt_tokens == len(prompt_ids)
-    assert reply.new_tokens == len(plain)
+    assert reply.stats.prompt_tokens == len(prompt_ids)
+    assert reply.stats.new_tokens == len(plain)
     expected_text = engine.tokenizer.decode(plain, skip_special_tokens=True).replace("\ufffd", "")
     assert reply.text == expected_text
-    assert reply.finish_reason == ("eos" if plain[-1] in engine.eos_token_ids else "length")
+    assert reply.stats.finish_reason == ("eos" if plain[-1] in engine.eos_token_ids else "length")
 
 
 def test_cancel_from_another_thread_keeps_the_text_so_far(engine: Engine) -> None:
@@ -42,27 +43,27 @@ def test_cancel_from_another_thread_keeps_the_text_so_far(engine: Engine) -> Non
     pieces = []
     final = None
     for chunk in engine.stream(HELLO, GREEDY.with_changes(max_new_tokens=400), cancel):
-        if chunk.finish_reason is None:
+        if chunk.stats is None:
             pieces.append(chunk.text)
             threading.Thread(target=cancel.set).start()
         else:
             final = chunk
-    assert final is not None and final.finish_reason == "cancelled"
-    assert "".join(pieces) and final.new_tokens >= 1
-    assert final.new_tokens < 400
+    assert final is not None and final.stats.finish_reason == "cancelled"
+    assert "".join(pieces) and final.stats.new_tokens >= 1
+    assert final.stats.new_tokens < 400
 
 
 def test_an_error_in_generate_reaches_the_consumer(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_generate(*args: object, **kwargs: object) -> None:
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(engine.model, "generate", broken_generate)
+    monkeypatch.setattr(engine.backend.model, "generate", broken_generate)
     with pytest.raises(RuntimeError, match="device lost"):
         engine.generate(HELLO, GREEDY)
 
 
 def test_stop_cutter_never_shows_a_stop_string_split_across_chunks() -> None:
-    cutter = _StopCutter(("User:",))
+    cutter = StopCutter(("User:",))
     shown = []
     stopped = False
     for piece in ["Sure. ", "Us", "e", "ful! ", "Us", "er", ":", " more"]:
@@ -94,7 +95,10 @@ def test_two_threads_streaming_at_once_get_their_own_replies(engine: Engine) -> 
     for name, chunks in together.items():
         final = chunks[-1]
         assert "".join(c.text for c in chunks[:-1]) == alone[name].text
-        assert (final.new_tokens, final.finish_reason) == (alone[name].new_tokens, alone[name].finish_reason)
+        assert (final.stats.new_tokens, final.stats.finish_reason) == (
+            alone[name].stats.new_tokens,
+            alone[name].stats.finish_reason,
+        )
     assert set(together) == {"a", "b"}
 
 
@@ -103,7 +107,7 @@ def test_same_seed_same_reply_and_other_seeds_differ(engine: Engine) -> None:
     first = engine.generate(HELLO, sampled)
     again = engine.generate(HELLO, sampled)
     others = {engine.generate(HELLO, sampled.with_changes(seed=seed)).text for seed in (8, 9, 10)}
-    assert first.text == again.text and first.new_tokens == again.new_tokens
+    assert first.text == again.text and first.stats.new_tokens == again.stats.new_tokens
     assert others - {first.text}, "three other seeds all gave the seed-7 reply: sampling ignores the seed"
 
 
@@ -112,7 +116,7 @@ def test_consumer_leaving_early_frees_the_engine(engine: Engine) -> None:
     next(stream)
     stream.close()  # like a browser tab closed mid-reply
     reply = engine.generate(HELLO, GREEDY)
-    assert reply.new_tokens >= 1
+    assert reply.stats.new_tokens >= 1
 
 
 def test_history_is_trimmed_to_fit_the_context(engine: Engine) -> None:
@@ -124,11 +128,11 @@ def test_history_is_trimmed_to_fit_the_context(engine: Engine) -> None:
     settings = GREEDY.with_changes(max_new_tokens=100)
     assert len(engine.encode(messages)) + 100 > engine.context_length  # the test needs a chat that does not fit
     final = list(engine.stream(messages, settings))[-1]
-    assert final.trimmed_turns > 0
-    assert final.prompt_tokens + settings.max_new_tokens <= engine.context_length
+    assert final.stats.trimmed_turns > 0
+    assert final.stats.prompt_tokens + settings.max_new_tokens <= engine.context_length
     fitted = engine.fit(messages, settings)
     assert fitted.messages[0]["content"] == "Be brief." and fitted.messages[-1]["content"] == "last question"
-    assert fitted.trimmed_turns == final.trimmed_turns
+    assert fitted.trimmed_turns == final.stats.trimmed_turns
 
 
 def test_a_message_longer_than_the_context_is_an_error_not_a_truncation(engine: Engine) -> None:
@@ -155,7 +159,7 @@ def test_devices_list_the_cpu() -> None:
     assert "CPU" in devices and devices["CPU"].strip()
 
 
-# The rest drive the real Engine (tokenizer, streamer, stop cutter) with a scripted model.
+# The rest drive the real Engine (tokenizer, detokenizer, stop cutter) with a scripted backend.
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +169,15 @@ def tokenizer(tiny_irs: dict[str, Path]):
     return AutoTokenizer.from_pretrained(tiny_irs["fp16"])
 
 
-def scripted_engine(tokenizer, text: str, template: str = "auto", **model_options: object) -> Engine:
+def scripted_engine(tokenizer, text: str, template: str = "auto", **backend_options: object) -> Engine:
+    """The real Engine over a backend that replies ``text``, decoded as the optimum backend decodes it."""
+    from ovchat.engine.backends.optimum import HfDetokenizer
+
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    model = ScriptedModel(ids, eos_id=tokenizer.eos_token_id, **model_options)
-    return Engine(model, tokenizer, Path("scripted"), "CPU", template=template, backend="optimum")
+    backend = ScriptedBackend(
+        tokenizer, lambda: HfDetokenizer(tokenizer), ids, eos_id=tokenizer.eos_token_id, **backend_options
+    )
+    return Engine(backend, Path("scripted"), "CPU", template=template)
 
 
 def test_cjk_and_emoji_stream_without_broken_characters(tokenizer) -> None:
@@ -179,7 +188,7 @@ def test_cjk_and_emoji_stream_without_broken_characters(tokenizer) -> None:
     chunks = list(scripted_engine(tokenizer, text).stream(HELLO, GREEDY.with_changes(max_new_tokens=200)))
     assert all("\ufffd" not in chunk.text for chunk in chunks)
     assert "".join(chunk.text for chunk in chunks) == text
-    assert chunks[-1].finish_reason == "eos" and chunks[-1].new_tokens == len(ids) + 1
+    assert chunks[-1].stats.finish_reason == "eos" and chunks[-1].stats.new_tokens == len(ids) + 1
 
 
 def test_a_reply_cut_inside_a_character_shows_no_broken_text(tokenizer) -> None:
@@ -187,15 +196,15 @@ def test_a_reply_cut_inside_a_character_shows_no_broken_text(tokenizer) -> None:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     cut = next(n for n in range(1, len(ids)) if tokenizer.decode(ids[:n]).endswith("\ufffd"))
     reply = scripted_engine(tokenizer, text).generate(HELLO, GREEDY.with_changes(max_new_tokens=cut))
-    assert reply.finish_reason == "length" and reply.new_tokens == cut
+    assert reply.stats.finish_reason == "length" and reply.stats.new_tokens == cut
     assert "\ufffd" not in reply.text and text.startswith(reply.text)
 
 
 def test_fallback_template_stops_at_its_turn_marker(tokenizer) -> None:
     engine = scripted_engine(tokenizer, "Hi there!\nUser: and now I speak for you", template="plain")
     reply = engine.generate(HELLO, GREEDY.with_changes(max_new_tokens=200))
-    assert (reply.text, reply.finish_reason) == ("Hi there!", "stop")
-    prompt = tokenizer.decode(engine.model.calls[0]["input_ids"][0])
+    assert (reply.text, reply.stats.finish_reason) == ("Hi there!", "stop")
+    prompt = tokenizer.decode(engine.backend.prompts[0])
     assert prompt == "User: Hello there\nAssistant:"
 
 
@@ -225,9 +234,9 @@ def test_genai_backend_gives_the_optimum_backends_greedy_reply(
     settings = GREEDY.with_changes(max_new_tokens=40, repetition_penalty=repetition_penalty)
     for messages in (HELLO, [{"role": "user", "content": "def add(a, b):"}]):
         expected, got = engine.generate(messages, settings), genai_engine.generate(messages, settings)
-        assert (got.text, got.finish_reason) == (expected.text, expected.finish_reason)
-        assert got.new_tokens == expected.new_tokens
-        assert got.prompt_tokens == expected.prompt_tokens and got.ttft_s and got.ttft_s > 0
+        assert (got.text, got.stats.finish_reason) == (expected.text, expected.stats.finish_reason)
+        assert got.stats.new_tokens == expected.stats.new_tokens
+        assert got.stats.prompt_tokens == expected.stats.prompt_tokens and got.stats.ttft_s and got.stats.ttft_s > 0
 
 
 def test_genai_backend_cancel_stop_and_seed(genai_engine: Engine) -> None:
@@ -236,12 +245,12 @@ def test_genai_backend_cancel_stop_and_seed(genai_engine: Engine) -> None:
     for chunk in genai_engine.stream(HELLO, GREEDY.with_changes(max_new_tokens=400), cancel):
         chunks.append(chunk)
         cancel.set()
-    assert chunks[-1].finish_reason == "cancelled" and chunks[-1].new_tokens < 400
+    assert chunks[-1].stats.finish_reason == "cancelled" and chunks[-1].stats.new_tokens < 400
     full = genai_engine.generate(HELLO, GREEDY.with_changes(max_new_tokens=30)).text
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     assume_visible = full[: full.index(stop)]
     stopped = genai_engine.generate(HELLO, GREEDY.with_changes(max_new_tokens=30, stop=(stop,)))
-    assert (stopped.text, stopped.finish_reason) == (assume_visible, "stop")
+    assert (stopped.text, stopped.stats.finish_reason) == (assume_visible, "stop")
     sampled = GenerationSettings(max_new_tokens=24, temperature=1.0, top_p=1.0, top_k=0, seed=7)
     assert genai_engine.generate(HELLO, sampled).text == genai_engine.generate(HELLO, sampled).text
     unseeded = {genai_engine.generate(HELLO, sampled.with_changes(seed=None)).text for _ in range(3)}

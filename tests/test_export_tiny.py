@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ovchat.export import MANIFEST, ExportOptions, export_model
-from ovchat.sources import IR_XML
+from ovchat.export import ExportOptions, export_model
+from ovchat.model_folder import IR_XML, MANIFEST
 
 PROMPTS = ["Hello there! How are", "def add(a, b):", "OpenVINO runs"]
 NEW_TOKENS = 8
@@ -141,12 +141,12 @@ def test_default_output_goes_under_the_data_folder(tiny_checkpoint: Path, isolat
 def test_a_failing_step_leaves_nothing_behind(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ovchat.export
+    import ovchat.export.pipeline
 
     def broken_compress(*args: object) -> None:
         raise RuntimeError("simulated failure while compressing")
 
-    monkeypatch.setattr(ovchat.export, "_compress", broken_compress)
+    monkeypatch.setattr(ovchat.export.pipeline, "_compress", broken_compress)
     with pytest.raises(RuntimeError, match="simulated failure"):
         export_model(str(tiny_checkpoint), tmp_path / "out", ExportOptions(weight_format="int8"))
     assert list(tmp_path.iterdir()) == []
@@ -155,7 +155,7 @@ def test_a_failing_step_leaves_nothing_behind(
 def test_force_replaces_and_a_failed_force_keeps_the_old_export(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ovchat.export
+    import ovchat.export.pipeline
     from ovchat.errors import OvchatError
 
     target = tmp_path / "out"
@@ -163,7 +163,7 @@ def test_force_replaces_and_a_failed_force_keeps_the_old_export(
     with pytest.raises(OvchatError, match="already exists; pass --force"):
         export_model(str(tiny_checkpoint), target, ExportOptions(weight_format="int8"))
 
-    monkeypatch.setattr(ovchat.export, "smoke_reply", lambda ir: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(ovchat.export.pipeline, "smoke_reply", lambda ir: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         export_model(str(tiny_checkpoint), target, ExportOptions(weight_format="int8"), force=True)
     assert json.loads((target / MANIFEST).read_text())["created"] == first.manifest["created"]

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import ScriptedPipeline, assistant, system, user
+from fakes import ScriptedBackend, assistant, system, user
 
-from ovchat.chat import CHATML, LLAMA2, MODEL_TEMPLATE, PLAIN, ChatTemplate, Message, choose_template, render_prompt
-from ovchat.engine import Engine, GenaiModel
+from ovchat.engine import Engine
+from ovchat.engine.backends.genai_tokenizer import GenaiDetokenizer, GenaiTokenizer
 from ovchat.errors import OvchatError
-from ovchat.genai_tokenizer import GenaiTextStreamer, GenaiTokenizer
 from ovchat.paths import HOME_ENV
+from ovchat.prompt import CHATML, LLAMA2, MODEL_TEMPLATE, PLAIN, ChatTemplate, Message, choose_template, render_prompt
 from ovchat.settings import GenerationSettings
 
 GREEDY = GenerationSettings(max_new_tokens=200, temperature=0.0, repetition_penalty=1.0)
@@ -173,16 +173,10 @@ SPLIT_TEXT = "数学是被发明还是被发现的？ 日本語のテキスト �
 
 
 def streamed_pieces(tokenizer: Any, ids: list[int]) -> tuple[list[str], list[str]]:
-    """What GenaiTextStreamer puts in its queue for ``ids``: the pieces before end(), and those end() adds."""
-    streamer = GenaiTextStreamer(tokenizer)
-    streamer.put([1, 2, 3])  # the prompt, skipped
-    for token in ids:
-        streamer.put([token])
-    before = list(streamer.text_queue.queue)
-    streamer.end()
-    after = list(streamer.text_queue.queue)[len(before) :]
-    assert after[-1] is streamer.stop_signal
-    return before, after[:-1]
+    """What GenaiDetokenizer gives for ``ids`` fed one by one: the pieces before end(), and what end() adds."""
+    detokenizer = GenaiDetokenizer(tokenizer)
+    before = [piece for piece in (detokenizer.feed([token]) for token in ids) if piece]
+    return before, [piece for piece in [detokenizer.end()] if piece]
 
 
 def test_the_text_streamer_holds_back_split_characters(tokenizers: tuple[Any, GenaiTokenizer]) -> None:
@@ -195,17 +189,17 @@ def test_the_text_streamer_holds_back_split_characters(tokenizers: tuple[Any, Ge
         assert "".join(before + at_end) == hf.decode(ids[:cut], skip_special_tokens=True)
 
 
-def scripted_genai_engine(folder: Path, text: str, template: str = "auto", **pipeline_options: Any) -> Engine:
-    """A real Engine on the genai backend whose pipeline replies ``text`` and its end of turn."""
+def scripted_genai_engine(folder: Path, text: str, template: str = "auto", **backend_options: Any) -> Engine:
+    """A real Engine with the genai tokenizer and detokenizer over a backend that replies ``text`` and its
+    end of turn."""
     import openvino_genai
 
     tokenizer = openvino_genai.Tokenizer(str(folder))
     ours = GenaiTokenizer(tokenizer, folder)
     eos = tokenizer.get_eos_token_id()
     ids = ours(text, add_special_tokens=False)["input_ids"] + [eos]
-    pipeline = ScriptedPipeline(tokenizer, ids, **pipeline_options)
-    model = GenaiModel(pipeline, {"max_position_embeddings": 512}, {"eos_token_id": eos})
-    return Engine(model, ours, folder, "CPU", template=template, backend="genai")
+    backend = ScriptedBackend(ours, lambda: GenaiDetokenizer(tokenizer), ids, eos_id=eos, **backend_options)
+    return Engine(backend, folder, "CPU", template=template)
 
 
 def test_genai_stream_of_cjk_and_emoji_has_no_broken_characters(tiny_irs: dict[str, Path]) -> None:
@@ -214,7 +208,7 @@ def test_genai_stream_of_cjk_and_emoji_has_no_broken_characters(tiny_irs: dict[s
     assert len(chunks) > 3 and all("\ufffd" not in chunk.text for chunk in chunks)
     assert "".join(chunk.text for chunk in chunks) == SPLIT_TEXT
     expected_tokens = len(engine.tokenizer(SPLIT_TEXT, add_special_tokens=False)["input_ids"]) + 1
-    assert (chunks[-1].finish_reason, chunks[-1].new_tokens) == ("eos", expected_tokens)
+    assert (chunks[-1].stats.finish_reason, chunks[-1].stats.new_tokens) == ("eos", expected_tokens)
 
 
 def test_genai_reply_cut_inside_a_character_shows_no_broken_text(tiny_irs: dict[str, Path]) -> None:
@@ -223,15 +217,15 @@ def test_genai_reply_cut_inside_a_character_shows_no_broken_text(tiny_irs: dict[
     ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
     cut = next(n for n in range(1, len(ids)) if engine.tokenizer.decode(ids[:n]).endswith("\ufffd"))
     reply = engine.generate(HELLO, GREEDY.with_changes(max_new_tokens=cut))
-    assert (reply.finish_reason, reply.new_tokens) == ("length", cut)
+    assert (reply.stats.finish_reason, reply.stats.new_tokens) == ("length", cut)
     assert "\ufffd" not in reply.text and text.startswith(reply.text)
 
 
 def test_genai_fallback_template_stops_at_its_turn_marker(tiny_irs: dict[str, Path]) -> None:
     engine = scripted_genai_engine(tiny_irs["fp16"], "Hi there!\nUser: and now I speak for you", template="plain")
     reply = engine.generate(HELLO, GREEDY)
-    assert (reply.text, reply.finish_reason) == ("Hi there!", "stop")
-    assert engine.tokenizer.decode(engine.model.pipeline.prompts[0]) == "User: Hello there\nAssistant:"
+    assert (reply.text, reply.stats.finish_reason) == ("Hi there!", "stop")
+    assert engine.tokenizer.decode(engine.backend.prompts[0]) == "User: Hello there\nAssistant:"
 
 
 def test_genai_cancel_keeps_the_text_so_far(tiny_irs: dict[str, Path]) -> None:
@@ -244,8 +238,8 @@ def test_genai_cancel_keeps_the_text_so_far(tiny_irs: dict[str, Path]) -> None:
         chunks.append(chunk)
         cancel.set()
     final = chunks[-1]
-    assert final.finish_reason == "cancelled" and "".join(c.text for c in chunks[:-1])
-    assert 1 <= final.new_tokens < len(engine.model.pipeline.reply_ids)
+    assert final.stats.finish_reason == "cancelled" and "".join(c.text for c in chunks[:-1])
+    assert 1 <= final.stats.new_tokens < len(engine.backend.reply_ids)
 
 
 def test_without_generation_config_the_eos_comes_from_config(tiny_irs: dict[str, Path], tmp_path: Path) -> None:
@@ -266,7 +260,7 @@ from ovchat.settings import GenerationSettings
 
 engine = Engine.load(sys.argv[1], backend="genai")
 chunks = list(engine.stream([{"role": "user", "content": "Hello there"}], GenerationSettings(max_new_tokens=8)))
-assert chunks[-1].finish_reason in ("eos", "length") and chunks[-1].new_tokens >= 1, chunks
+assert chunks[-1].stats.finish_reason in ("eos", "length") and chunks[-1].stats.new_tokens >= 1, chunks
 print()
 print("heavy modules:", json.dumps(sorted(name for name in ("transformers", "torch") if name in sys.modules)))
 """

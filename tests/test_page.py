@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fakes import FakeEngine
 
+from ovchat.chats.store import ConversationStore
 from ovchat.engine import Engine
 from ovchat.settings import GenerationSettings
-from ovchat.store import ConversationStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "chat_streamlit.py")

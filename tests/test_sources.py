@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from ovchat.errors import OvchatError
-from ovchat.export import ExportOptions, end_of_turn_token_ids
-from ovchat.paths import cache_dir, data_home, models_dir
-from ovchat.sources import (
+from ovchat.export import ExportOptions
+from ovchat.export.pipeline import end_of_turn_token_ids
+from ovchat.export.sources import (
     DEFAULT_GGUF_FILE,
     DEFAULT_GGUF_SHA256,
     DEFAULT_MODEL_NAME,
@@ -17,6 +17,7 @@ from ovchat.sources import (
     resolve_source,
     sha256_file,
 )
+from ovchat.paths import cache_dir, data_home, models_dir
 
 
 def test_data_folder_follows_the_environment(isolated_data_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

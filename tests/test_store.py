@@ -14,12 +14,10 @@ from typing import Any
 
 import pytest
 
-from ovchat import store as store_module
-from ovchat.chat import Message
-from ovchat.errors import OvchatError
-from ovchat.store import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
+from ovchat.chats import store as store_module
+from ovchat.chats.files import chat_to_dict, chat_to_markdown, parse_chat
+from ovchat.chats.schema import MIGRATIONS, SCHEMA_VERSION
+from ovchat.chats.store import (
     STORE_FILE,
     Conversation,
     ConversationInfo,
@@ -27,7 +25,8 @@ from ovchat.store import (
     StoredMessage,
     title_from,
 )
-from ovchat.transcript import chat_to_dict, chat_to_markdown, parse_chat
+from ovchat.errors import OvchatError
+from ovchat.prompt import Message
 
 CHINESE = "数学是被发明还是被发现的？"
 EMOJI = "😀👍🏽👨‍👩‍👧"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from fakes import FakeEngine
 
+from ovchat.chats.files import load_chat, save_chat
 from ovchat.errors import OvchatError
 from ovchat.settings import GenerationSettings
 from ovchat.terminal import TerminalChat
-from ovchat.transcript import load_chat, save_chat
 
 SETTINGS = GenerationSettings(temperature=0.0, max_new_tokens=64)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ovchat.chats.files import chat_to_markdown, load_chat, parse_chat, save_chat
 from ovchat.errors import OvchatError
-from ovchat.transcript import chat_to_markdown, load_chat, parse_chat, save_chat
 
 CHAT = [
     {"role": "system", "content": "Be brief."},

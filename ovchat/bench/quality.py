@@ -13,11 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ovchat.bench import figure, save_figure
+from ovchat.bench.report import figure, save_figure
 from ovchat.errors import OvchatError
+from ovchat.model_folder import IR_BIN, read_manifest
 
 # The US Declaration of Independence (1776, public domain): plain English prose of ~1,800 tokens.
-QUALITY_TEXT = Path(__file__).with_name("data") / "quality.txt"
+QUALITY_TEXT = Path(__file__).with_name("quality.txt")
 WINDOW_TOKENS = 512
 
 
@@ -46,7 +47,7 @@ def openvino_logits(ir: Path) -> Callable[[list[int]], Any]:
     import torch
     from optimum.intel import OVModelForCausalLM
 
-    from ovchat.engine import DEFAULT_CPU_CONFIG
+    from ovchat.engine.runtime import DEFAULT_CPU_CONFIG
 
     model = OVModelForCausalLM.from_pretrained(ir, device="CPU", ov_config=dict(DEFAULT_CPU_CONFIG))
 
@@ -73,8 +74,6 @@ def pytorch_logits(checkpoint: Path) -> Callable[[list[int]], Any]:
 
 def describe_weights(ir: Path) -> str:
     """The weight format from the export manifest, e.g. ``int4 g128`` or ``int8``."""
-    from ovchat.export import read_manifest
-
     manifest = read_manifest(ir) or {}
     weight_format = str(manifest.get("weight_format", "?"))
     group = (manifest.get("quantization") or {}).get("group_size")
@@ -91,8 +90,6 @@ def run_quality(
 ) -> dict[str, Any]:
     """Perplexity of each IR (and of the fp32 checkpoint, when there is one) on ``text_path``."""
     from transformers import AutoTokenizer
-
-    from ovchat.sources import IR_BIN
 
     tokenizer = AutoTokenizer.from_pretrained(irs[0])
     token_ids = tokenizer(text_path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]

@@ -1,9 +1,9 @@
-"""The engines ``ovchat bench`` compares, each behind one small interface.
+"""The engines ``ovchat bench`` compares, each behind one small runner interface.
 
-Every engine runs in its own worker process (``python -m ovchat.bench_engines ENGINE ...``) so
+Every runner lives in its own worker process (``python -m ovchat.bench.runners ENGINE ...``) so
 that its load time is cold, its peak memory is its own, and one engine's threads never share
 a process with another's. The worker reads one JSON command per line on stdin and answers one
-JSON line on stdout.
+JSON line on stdout (:mod:`ovchat.bench.workers` is the other end).
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ovchat.chat import Message
-
-ENGINE_NAMES: tuple[str, ...] = ("ovchat", "optimum", "genai", "llamacpp", "pytorch")
+from ovchat.machine import peak_rss_mb, rss_mb
+from ovchat.prompt import Message
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,8 @@ def decode_rate(new_tokens: int, seconds_after_first: float) -> float | None:
     return (new_tokens - 1) / seconds_after_first
 
 
-class BenchEngine:
-    """Load once, then answer ``run`` with greedy decoding of at most ``max_new_tokens``."""
+class Runner:
+    """One engine, loaded once, answering ``run`` with greedy decoding of at most ``max_new_tokens``."""
 
     def __init__(self, options: argparse.Namespace) -> None:
         self.options = options
@@ -57,7 +55,7 @@ class BenchEngine:
         """
 
 
-class OvchatEngine(BenchEngine):
+class OvchatRunner(Runner):
     """The page's path exactly: Engine.stream (default backend) with the streamer, stop cutter and metrics."""
 
     def __init__(self, options: argparse.Namespace) -> None:
@@ -67,56 +65,57 @@ class OvchatEngine(BenchEngine):
         self.engine = Engine.load(options.ir, ov_config={**ov_threads(options.threads), **options.ov_config})
 
     def run(self, messages: list[Message], prompt: str, max_new_tokens: int) -> Sample:
-        from ovchat.settings import GenerationSettings
+        from ovchat.engine import collect
 
-        settings = GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=max_new_tokens)
-        final = list(self.engine.stream(messages, settings))[-1]
-        return Sample(final.prompt_tokens, final.new_tokens, final.ttft_s or 0.0, final.decode_tok_s)
+        stats = collect(self.engine.stream(messages, greedy(max_new_tokens))).stats
+        return Sample(stats.prompt_tokens, stats.new_tokens, stats.ttft_s or 0.0, stats.decode_tok_s)
 
     def streaming_cost(self, streamed: list[Message], bare: list[Message], max_new_tokens: int) -> dict[str, float]:
-        """Wall time per token of a greedy reply through Engine.stream, and through the bare genai
-        pipeline beneath it with no streamer: what streaming into Python costs.
+        """Wall time per token of a greedy reply through Engine.stream, and through the same backend
+        with no Python callback per token: what streaming costs.
 
         Two cold chats of the same length, so neither reuses the other's prefix cache.
         """
-        import numpy as np
-        import openvino as ov
-        import openvino_genai
+        from ovchat.engine import collect
+        from ovchat.engine.backends.genai import GenaiBackend
 
-        from ovchat.settings import GenerationSettings
-
-        settings = GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=max_new_tokens)
+        backend = self.engine.backend
+        if not isinstance(backend, GenaiBackend):
+            raise TypeError("the streaming cost is measured on the genai backend")
+        settings = greedy(max_new_tokens)
         started = time.perf_counter()
-        final = list(self.engine.stream(streamed, settings))[-1]
-        streamed_s = (time.perf_counter() - started) / max(final.new_tokens, 1)
-        ids = np.array([self.engine.fit(bare, settings).token_ids], dtype=np.int64)
-        config = openvino_genai.GenerationConfig()
-        config.max_new_tokens = max_new_tokens
-        config.stop_token_ids = set(self.engine.eos_token_ids)
-        config.apply_chat_template = False
+        stats = collect(self.engine.stream(streamed, settings)).stats
+        streamed_s = (time.perf_counter() - started) / max(stats.new_tokens, 1)
+        request = self.engine.request(self.engine.fit(bare, settings).token_ids, settings)
         started = time.perf_counter()
-        result = self.engine.model.pipeline.generate(
-            openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))), config
-        )
-        bare_s = (time.perf_counter() - started) / max(len(result.tokens[0]), 1)
+        token_ids = backend.generate_unstreamed(request)
+        bare_s = (time.perf_counter() - started) / max(len(token_ids), 1)
         return {"streamed_s_per_token": streamed_s, "bare_s_per_token": bare_s}
 
 
-class OptimumEngine(BenchEngine):
+def greedy(max_new_tokens: int) -> Any:
+    """The bench's settings for the ovchat engine: greedy, no repetition penalty, as every other engine."""
+    from ovchat.settings import GenerationSettings
+
+    return GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=max_new_tokens)
+
+
+class OptimumRunner(Runner):
     """OVModelForCausalLM.generate with no streamer: the floor for the page's Python loop."""
 
     def __init__(self, options: argparse.Namespace) -> None:
         super().__init__(options)
-        from ovchat.engine import Engine
+        from ovchat.engine.backends.optimum import OptimumBackend
+        from ovchat.engine.runtime import compile_properties
 
-        engine = Engine.load(options.ir, ov_config=ov_threads(options.threads), backend="optimum")
-        self.model, self.tokenizer = engine.model, engine.tokenizer
+        backend = OptimumBackend.load(options.ir, "CPU", compile_properties("CPU", ov_threads(options.threads)))
+        self.model, self.tokenizer = backend.model, backend.tokenizer
 
     def run(self, messages: list[Message], prompt: str, max_new_tokens: int) -> Sample:
         return timed_hf_generate(self.model, self.tokenizer, prompt, max_new_tokens)
 
 
-class PytorchEngine(BenchEngine):
+class PytorchRunner(Runner):
     """transformers on the same weights in fp32 (the checkpoint the export started from)."""
 
     def __init__(self, options: argparse.Namespace) -> None:
@@ -151,22 +150,16 @@ def timed_hf_generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: i
     return Sample(ids.shape[1], new_tokens, ttft, decode_rate(new_tokens, total - ttft))
 
 
-class GenaiEngine(BenchEngine):
+class GenaiRunner(Runner):
     """openvino-genai's LLMPipeline (C++ generation loop) on the same IR folder."""
 
     def __init__(self, options: argparse.Namespace) -> None:
         super().__init__(options)
         import openvino_genai
 
-        from ovchat.engine import DEFAULT_CPU_CONFIG
-        from ovchat.paths import cache_dir
+        from ovchat.engine.runtime import compile_properties
 
-        config = {
-            **DEFAULT_CPU_CONFIG,
-            **ov_threads(options.threads),
-            "CACHE_DIR": str(cache_dir()),
-            **options.ov_config,
-        }
+        config = compile_properties("CPU", {**ov_threads(options.threads), **options.ov_config})
         self.genai = openvino_genai
         self.pipeline = openvino_genai.LLMPipeline(str(options.ir), "CPU", **config)
 
@@ -187,7 +180,7 @@ class GenaiEngine(BenchEngine):
         )
 
 
-class LlamacppEngine(BenchEngine):
+class LlamacppRunner(Runner):
     """llama.cpp through llama-cpp-python on the GGUF file the IR was exported from."""
 
     def __init__(self, options: argparse.Namespace) -> None:
@@ -236,28 +229,18 @@ class LlamacppEngine(BenchEngine):
         self.llm.reset()  # llama-cpp-python reuses the longest common prefix of the last prompt otherwise
 
 
-ENGINES: dict[str, type[BenchEngine]] = {
-    "ovchat": OvchatEngine,
-    "optimum": OptimumEngine,
-    "genai": GenaiEngine,
-    "llamacpp": LlamacppEngine,
-    "pytorch": PytorchEngine,
+RUNNERS: dict[str, type[Runner]] = {
+    "ovchat": OvchatRunner,
+    "optimum": OptimumRunner,
+    "genai": GenaiRunner,
+    "llamacpp": LlamacppRunner,
+    "pytorch": PytorchRunner,
 }
+ENGINE_NAMES: tuple[str, ...] = tuple(RUNNERS)
 
 
 def ov_threads(threads: int) -> dict[str, str]:
     return {"INFERENCE_NUM_THREADS": str(threads)}
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def rss_mb() -> float:
-    """Resident memory now (not the peak): what the process holds after a reply."""
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
 
 
 def parse_ov_config(pairs: list[str]) -> dict[str, str]:
@@ -272,7 +255,7 @@ def parse_ov_config(pairs: list[str]) -> dict[str, str]:
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ovchat.bench_engines")
+    parser = argparse.ArgumentParser(prog="ovchat.bench.runners")
     parser.add_argument("engine", choices=ENGINE_NAMES)
     parser.add_argument("--ir", type=Path, required=True)
     parser.add_argument("--gguf", type=Path)
@@ -284,17 +267,17 @@ def worker_main(argv: list[str] | None = None) -> int:
     reply = sys.stdout
     sys.stdout = sys.stderr  # library chatter must not corrupt the JSON lines on stdout
     started = time.perf_counter()
-    engine = ENGINES[options.engine](options)
+    runner = RUNNERS[options.engine](options)
     print(json.dumps({"ready": True, "load_s": time.perf_counter() - started}), file=reply, flush=True)
     for line in sys.stdin:
         command = json.loads(line)
         if command["op"] == "run":
             if command.get("cold", True):
-                engine.forget_prompts()
-            sample = engine.run(command["messages"], command["prompt"], command["max_new_tokens"])
+                runner.forget_prompts()
+            sample = runner.run(command["messages"], command["prompt"], command["max_new_tokens"])
             answer: dict[str, Any] = asdict(sample)
-        elif command["op"] == "streaming_cost" and isinstance(engine, OvchatEngine):
-            answer = engine.streaming_cost(command["streamed"], command["bare"], command["max_new_tokens"])
+        elif command["op"] == "streaming_cost" and isinstance(runner, OvchatRunner):
+            answer = runner.streaming_cost(command["streamed"], command["bare"], command["max_new_tokens"])
         elif command["op"] == "stats":
             answer = {"peak_rss_mb": peak_rss_mb(), "rss_mb": rss_mb()}
         else:

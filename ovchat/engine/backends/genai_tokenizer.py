@@ -1,7 +1,7 @@
-"""The genai backend's tokenizer and text streamer, without transformers (which imports torch, seconds).
+"""The genai backend's tokenizer and detokenizer, without transformers (which imports torch, seconds).
 
 :class:`GenaiTokenizer` gives openvino-genai's tokenizer the part of the Hugging Face tokenizer
-interface that :mod:`ovchat.chat` and :mod:`ovchat.engine` use. Token ids come from the
+interface that :mod:`ovchat.prompt` and :mod:`ovchat.engine` use. Token ids come from the
 exported OpenVINO tokenizer (the export checks that it agrees with the Hugging Face one). Chat
 templates are rendered with jinja2 the way transformers renders them, from the same files
 transformers reads: openvino-genai's own template engine (minja) renders some templates
@@ -9,18 +9,19 @@ differently (it moves a system message into the first user message when a templa
 to show it, divides integers as C++ does, and has no ``unk_token``), and the prompt must be
 the same whichever backend makes the reply.
 
-:class:`GenaiTextStreamer` turns token ids into text with openvino-genai's incremental
-detokenizer, for the same stream loop that reads transformers' ``TextIteratorStreamer``.
+:class:`GenaiDetokenizer` turns token ids into text with openvino-genai's incremental
+detokenizer, as the optimum backend does with transformers' ``TextStreamer``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import queue
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from ovchat.model_folder import read_json
 
 # The named special tokens transformers passes to every chat template (its SPECIAL_TOKENS_ATTRIBUTES).
 SPECIAL_TOKEN_NAMES: tuple[str, ...] = (
@@ -34,14 +35,6 @@ SPECIAL_TOKEN_NAMES: tuple[str, ...] = (
 )
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 CHAT_TEMPLATE_DIR = "additional_chat_templates"
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; an empty one when the file does not exist."""
-    if not path.is_file():
-        return {}
-    value = json.loads(path.read_text(encoding="utf-8"))
-    return value if isinstance(value, dict) else {}
 
 
 def _token_text(value: object) -> str | None:
@@ -193,35 +186,30 @@ class GenaiTokenizer:
         )
 
 
-class GenaiTextStreamer:
-    """transformers' ``TextIteratorStreamer`` (skip the prompt, skip special tokens) over openvino-genai.
-
-    The generation loop calls :meth:`put` with token ids (the prompt first, which is skipped)
-    and :meth:`end`; text appears in ``text_queue``, then ``stop_signal``. openvino-genai's
-    ``TextStreamer`` detokenizes incrementally and holds a character split across tokens
-    back until it is whole.
-    """
-
-    stop_signal = None
+class GenaiDetokenizer:
+    """openvino-genai's incremental detokenizer (``TextStreamer``) as the engine's :class:`Detokenizer`:
+    it holds a character split across tokens back until it is whole, and skips special tokens."""
 
     def __init__(self, tokenizer: Any) -> None:
         import openvino_genai
 
-        self.text_queue: queue.Queue[str | None] = queue.Queue()
         self._running = openvino_genai.StreamingStatus.RUNNING
+        self._pieces: list[str] = []
         self._decoder = openvino_genai.TextStreamer(tokenizer, self._on_text)
-        self._prompt_seen = False
 
     def _on_text(self, text: str) -> Any:
         if text:
-            self.text_queue.put(text)
-        return self._running  # cancelling is the generation loop's streamer's business
+            self._pieces.append(text)
+        return self._running  # cancelling is the generation loop's business
 
-    def put(self, token_ids: list[int]) -> None:
-        if self._prompt_seen:
-            self._decoder.write(token_ids)
-        self._prompt_seen = True
+    def feed(self, token_ids: list[int]) -> str:
+        self._decoder.write(token_ids)
+        return self._drain()
 
-    def end(self) -> None:
+    def end(self) -> str:
         self._decoder.end()
-        self.text_queue.put(self.stop_signal)
+        return self._drain()
+
+    def _drain(self) -> str:
+        text, self._pieces = "".join(self._pieces), []
+        return text

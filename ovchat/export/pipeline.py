@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -22,19 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ovchat import __version__
-from ovchat.errors import OvchatError
+from ovchat.errors import OvchatError, first_line
+from ovchat.export.options import ExportOptions
+from ovchat.export.sources import ModelSource, SourceKind, resolve_source, sha256_file
+from ovchat.machine import peak_rss_mb
+from ovchat.model_folder import IR_BIN, MANIFEST, missing_files
 from ovchat.paths import models_dir
-from ovchat.sources import IR_BIN, IR_XML, ModelSource, SourceKind, resolve_source, sha256_file
 
 if TYPE_CHECKING:
-    from ovchat.gguf_import import GgufInfo
+    from ovchat.export.gguf import GgufInfo
 
-WEIGHT_FORMATS = ("fp16", "int8", "int4")
-DEFAULT_WEIGHT_FORMAT = "int8"
-# optimum-cli's defaults for int4 weight compression.
-DEFAULT_INT4_GROUP_SIZE = 128
-DEFAULT_INT4_RATIO = 1.0
-MANIFEST = "ovchat.json"
 TASK = "text-generation-with-past"
 
 # Tokens that end an assistant turn in common chat templates. The hub's generation
@@ -53,48 +49,6 @@ TOKENIZER_PROBES = (
 
 ProgressCallback = Callable[[str, str, float | None], None]
 """Called as ``(step, "start", None)`` and ``(step, "done", seconds)`` for each step."""
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """Weight format and its compression parameters, validated on creation."""
-
-    weight_format: str = DEFAULT_WEIGHT_FORMAT
-    group_size: int | None = None  # int4 only; -1 means per channel
-    ratio: float | None = None  # int4 only: share of layers in int4, the rest in int8
-    sym: bool = False  # int8/int4: symmetric quantization
-    trust_remote_code: bool = False
-
-    def __post_init__(self) -> None:
-        if self.weight_format not in WEIGHT_FORMATS:
-            raise OvchatError(f"weight format must be one of {', '.join(WEIGHT_FORMATS)}, not {self.weight_format!r}")
-        if self.weight_format != "int4":
-            if self.group_size is not None:
-                raise OvchatError("--group-size applies only to --weight-format int4")
-            if self.ratio is not None:
-                raise OvchatError("--ratio applies only to --weight-format int4")
-        if self.weight_format == "fp16" and self.sym:
-            raise OvchatError("--sym applies only to int8 and int4 weights")
-        if self.group_size is not None and not (self.group_size == -1 or self.group_size > 0):
-            raise OvchatError(f"--group-size must be a positive integer or -1, not {self.group_size}")
-        if self.ratio is not None and not (0.0 < self.ratio <= 1.0):
-            raise OvchatError(f"--ratio must be in (0, 1], not {self.ratio}")
-
-    def quantization_config(self) -> dict[str, Any] | None:
-        """The weight-compression config as optimum-intel's CLI builds it; None for fp16."""
-        if self.weight_format == "fp16":
-            return None
-        if self.weight_format == "int8":
-            return {"bits": 8, "sym": self.sym, "group_size": -1, "ratio": 1.0}
-        return {
-            "bits": 4,
-            "sym": self.sym,
-            "group_size": self.group_size if self.group_size is not None else DEFAULT_INT4_GROUP_SIZE,
-            "ratio": self.ratio if self.ratio is not None else DEFAULT_INT4_RATIO,
-            # Layers whose width the group size does not divide (SmolLM2's 576, a tiny
-            # test model's 64 with the default 128) get the nearest group size that fits.
-            "group_size_fallback": "adjust",
-        }
 
 
 @dataclass
@@ -118,11 +72,6 @@ def default_output(source: ModelSource, weight_format: str) -> Path:
     return models_dir() / f"{source.name}-{weight_format}"
 
 
-def default_model_folder() -> Path:
-    """Where the default model's export lives; it is a complete IR once ``is_ir_folder`` says so."""
-    return default_output(resolve_source(None), DEFAULT_WEIGHT_FORMAT)
-
-
 def _package_versions() -> dict[str, str]:
     names = ("openvino", "openvino-tokenizers", "optimum-intel", "optimum", "nncf", "transformers", "torch")
     versions = {"ovchat": __version__}
@@ -130,11 +79,6 @@ def _package_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
     return versions
-
-
-def _peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux: the process's high-water mark, children excluded.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _folder_bytes(path: Path) -> int:
@@ -181,7 +125,7 @@ def _prepare_checkpoint(plan: ExportPlan, staging: Path) -> tuple[Path, dict]:
     source = plan.source
     facts: dict[str, Any] = {}
     if plan.gguf is not None:
-        from ovchat.gguf_import import gguf_to_checkpoint
+        from ovchat.export.gguf import gguf_to_checkpoint
 
         digest = sha256_file(source.path)
         if source.expected_sha256 and digest != source.expected_sha256:
@@ -215,11 +159,11 @@ def _check_loadable(checkpoint: Path, options: ExportOptions) -> Any:
     try:
         AutoConfig.from_pretrained(checkpoint, trust_remote_code=options.trust_remote_code)
     except Exception as error:
-        raise OvchatError(f"{checkpoint} is not a loadable checkpoint: {error}".splitlines()[0]) from error
+        raise OvchatError(f"{checkpoint} is not a loadable checkpoint: {first_line(error)}") from error
     try:
         return AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=options.trust_remote_code)
     except Exception as error:
-        raise OvchatError(f"{checkpoint} has no usable tokenizer: {error}".splitlines()[0]) from error
+        raise OvchatError(f"{checkpoint} has no usable tokenizer: {first_line(error)}") from error
 
 
 def _convert(checkpoint: Path, ir_dir: Path, options: ExportOptions) -> None:
@@ -244,7 +188,7 @@ def _convert(checkpoint: Path, ir_dir: Path, options: ExportOptions) -> None:
         )
     except (ValueError, KeyError, NotImplementedError) as error:
         # optimum raises these for architectures it cannot export.
-        raise OvchatError(f"OpenVINO export failed: {error}".splitlines()[0]) from error
+        raise OvchatError(f"OpenVINO export failed: {first_line(error)}") from error
 
 
 def _compress(checkpoint: Path, ir_dir: Path, options: ExportOptions) -> None:
@@ -307,13 +251,13 @@ def smoke_reply(ir_dir: Path) -> dict[str, Any]:
         [{"role": "user", "content": "Say hello in one short sentence."}],
         GenerationSettings(max_new_tokens=24, temperature=0.0),
     )
-    if reply.new_tokens < 1:
+    if reply.stats.new_tokens < 1:
         raise OvchatError("the exported model generated no tokens in the smoke test")
     return {
         "prompt": "Say hello in one short sentence.",
         "reply": reply.text,
-        "new_tokens": reply.new_tokens,
-        "finish_reason": reply.finish_reason,
+        "new_tokens": reply.stats.new_tokens,
+        "finish_reason": reply.stats.finish_reason,
     }
 
 
@@ -347,7 +291,7 @@ def plan_export(
         raise OvchatError(f"{resolved.location} is already an OpenVINO IR folder; nothing to export")
     gguf = None
     if resolved.kind is SourceKind.GGUF:
-        from ovchat.gguf_import import inspect_gguf
+        from ovchat.export.gguf import inspect_gguf
 
         gguf = inspect_gguf(resolved.path)
     target = Path(output).expanduser().resolve() if output else default_output(resolved, options.weight_format)
@@ -390,9 +334,9 @@ def execute_export(plan: ExportPlan, *, progress: ProgressCallback | None = None
             eos_ids = _write_tokenizer_and_generation_config(checkpoint, ir_dir, tokenizer)
             shutil.rmtree(staging / "_checkpoint", ignore_errors=True)
         with steps.step("check"):
-            for name in (IR_XML, IR_BIN, "openvino_detokenizer.xml", "tokenizer_config.json"):
-                if not (ir_dir / name).is_file():
-                    raise OvchatError(f"export produced no {name}")
+            missing = missing_files(ir_dir)
+            if missing:
+                raise OvchatError(f"export produced no {', '.join(missing)}")
             check_tokenizer_parity(ir_dir, tokenizer)
             smoke = smoke_reply(ir_dir)
         manifest = {
@@ -410,7 +354,7 @@ def execute_export(plan: ExportPlan, *, progress: ProgressCallback | None = None
             },
             "step_seconds": steps.seconds,
             "export_seconds": round(time.perf_counter() - started, 2),
-            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
             "smoke": smoke,
             "versions": _package_versions(),
             "options": asdict(options),
@@ -421,13 +365,3 @@ def execute_export(plan: ExportPlan, *, progress: ProgressCallback | None = None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(target, manifest)
-
-
-def read_manifest(ir_dir: Path) -> dict[str, Any] | None:
-    path = ir_dir / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None

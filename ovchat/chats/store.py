@@ -5,15 +5,14 @@ each operation instead of sharing one: a ``ConversationStore`` object can be use
 number of threads, and several pages (or processes) can use one file. The file is in WAL
 mode, so readers never wait for a writer and writers queue behind a busy timeout.
 
-The schema is versioned with ``PRAGMA user_version``; ``MIGRATIONS[i]`` brings it from
-version ``i`` to ``i + 1``, and all pending ones run in one transaction when a store opens.
+The schema and its migrations are in :mod:`ovchat.chats.schema`; all pending migrations run
+in one transaction when a store opens.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -22,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from ovchat.chat import Message, check_message_list
+from ovchat.chats.schema import MIGRATIONS, statements
 from ovchat.errors import OvchatError
 from ovchat.paths import data_home
+from ovchat.prompt import Message, check_message_list
 
 STORE_FILE = "chats.sqlite3"
 DEFAULT_TITLE = "New chat"
@@ -33,36 +33,6 @@ BUSY_TIMEOUT_S = 10.0
 MessageRole = Literal["user", "assistant"]
 MESSAGE_ROLES: tuple[str, ...] = ("user", "assistant")
 
-MIGRATIONS: tuple[str, ...] = (
-    # v1: conversations and their messages.
-    """
-    CREATE TABLE conversations (
-        -- AUTOINCREMENT so that a deleted chat's id is never reused: another tab may still
-        -- hold it and must get "does not exist", not someone else's chat.
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        title TEXT NOT NULL,
-        system_prompt TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX conversations_by_update ON conversations (updated_at);
-    CREATE TABLE messages (
-        -- AUTOINCREMENT for the same reason: a reply still streaming into a message that
-        -- another tab truncated away must not overwrite a newer message.
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
-        position INTEGER NOT NULL,
-        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-        content TEXT NOT NULL,
-        UNIQUE (conversation_id, position)
-    );
-    """,
-    # v2: per-message metadata as a JSON object (reply metrics, whether a reply was stopped).
-    """
-    ALTER TABLE messages ADD COLUMN meta TEXT NOT NULL DEFAULT '{}';
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 # Errors from the file or the machine rather than from ovchat's SQL: the user can act on them.
 _ENVIRONMENT_ERRORS = (
@@ -367,21 +337,10 @@ class ConversationStore:
                 raise OvchatError(f"{self.path} is a SQLite database of another program, not ovchat's chat store")
             for script in MIGRATIONS[version:]:
                 # executescript would commit the transaction first, so statements run one by one.
-                for statement in _statements(script):
+                for statement in statements(script):
                     connection.execute(statement)
             if version < latest:
                 connection.execute(f"PRAGMA user_version = {latest:d}")
-
-
-def _statements(script: str) -> Iterator[str]:
-    """The SQL statements of a script, split where SQLite itself says one is complete."""
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if re.sub(r"--[^\n]*", "", pending).strip(" \t\r\n;"):
-                yield pending
-            pending = ""
 
 
 def _one_line(text: str) -> str:

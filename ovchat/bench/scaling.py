@@ -9,24 +9,17 @@ resident memory after the reply is its memory at that context length.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ovchat.bench import (
-    LONG_TEXT,
-    BenchPlan,
-    Worker,
-    context_length,
-    figure,
-    machine_facts,
-    median,
-    safe_name,
-    save_figure,
-)
-from ovchat.chat import Message
+from ovchat.bench.prompts import LengthPrompts, context_length
+from ovchat.bench.report import figure, median, save_figure
+from ovchat.bench.speed import BenchPlan
+from ovchat.bench.workers import WorkerPool
 from ovchat.errors import OvchatError
+from ovchat.machine import machine_facts
 from ovchat.paths import cache_dir
 
 SCALING_LENGTHS: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096)
@@ -40,27 +33,6 @@ def scaling_lengths(context: int, quick: bool, new_tokens: int) -> list[int]:
     """The prompt lengths that fit the model's context with room for the reply and the template."""
     wanted = QUICK_LENGTHS if quick else SCALING_LENGTHS
     return [length for length in wanted if length + new_tokens + TEMPLATE_ROOM <= context]
-
-
-class LengthPrompts:
-    """A chat whose user message is ``length`` tokens of text, made fresh (cold) each call."""
-
-    def __init__(self, ir: Path) -> None:
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(ir)
-        self.text_ids: list[int] = []
-        self.text = ""
-
-    def chat(self, length: int) -> tuple[list[Message], str]:
-        while len(self.text_ids) < length:
-            self.text += LONG_TEXT
-            self.text_ids = self.tokenizer(self.text, add_special_tokens=False)["input_ids"]
-        body = self.tokenizer.decode(self.text_ids[: length - 16])
-        # A fresh tag first: no engine can reuse a cached prefix from an earlier prompt.
-        messages: list[Message] = [{"role": "user", "content": f"[{uuid.uuid4().hex[:8]}] {body}\nSummarize."}]
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return messages, prompt
 
 
 def scaling_labels(
@@ -95,28 +67,20 @@ def run_scaling(
     if not lengths:
         raise OvchatError(f"the context ({context} tokens) is too small for a scaling run")
     labels = scaling_labels(irs, "llamacpp" in plan.engines, plan.variants)
-    home = cache_dir() / "bench" / ("scaling-" + time.strftime("%Y%m%d-%H%M%S"))
-    workers: dict[str, Worker] = {}
     rows: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
-    try:
+    with WorkerPool(cache_dir() / "bench" / ("scaling-" + time.strftime("%Y%m%d-%H%M%S")), progress) as pool:
         for label, (engine, ir, config) in labels.items():
-            progress(f"loading {label}")
-            workers[label] = Worker(label, engine, ir, plan, home / safe_name(label), config)
+            pool.start(label, partial(plan.worker, label, engine=engine, ir=ir, config=config))
         prompts = LengthPrompts(irs[0])
-        warm_up, warm_up_prompt = prompts.chat(lengths[0])
-        for label, worker in workers.items():
-            progress(f"warming up {label}")
-            worker.ask({"op": "run", "messages": warm_up, "prompt": warm_up_prompt, "max_new_tokens": 4})
+        pool.warm_up(*prompts.chat(lengths[0]))
         for length in lengths:
-            runs: dict[str, list[dict[str, Any]]] = {label: [] for label in workers}
+            runs: dict[str, list[dict[str, Any]]] = {label: [] for label in pool.workers}
             for round_index in range(rounds):
                 messages, prompt = prompts.chat(length)
-                for label, worker in workers.items():
+                for label, worker in pool.workers.items():
                     progress(f"{length} tokens, round {round_index + 1}/{rounds}: {label}")
-                    command = {"op": "run", "messages": messages, "prompt": prompt}
-                    command["max_new_tokens"] = SCALING_NEW_TOKENS
-                    runs[label].append(worker.ask(command))
-            for label, worker in workers.items():
+                    runs[label].append(worker.run(messages, prompt, SCALING_NEW_TOKENS))
+            for label, worker in pool.workers.items():
                 rows[label].append(
                     {
                         "length": length,
@@ -127,9 +91,6 @@ def run_scaling(
                         "runs": runs[label],
                     }
                 )
-    finally:
-        for worker in workers.values():
-            worker.close()
     return {
         "machine": machine_facts(plan.threads),
         "models": {label: str(ir) for label, (_, ir, _) in labels.items()},

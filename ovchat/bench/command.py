@@ -1,0 +1,122 @@
+"""``ovchat bench``: its flags and what the command does with them (cli.py only dispatches here)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from ovchat.errors import OvchatError
+
+
+def add_arguments(bench: argparse.ArgumentParser) -> None:
+    bench.add_argument(
+        "-m", "--model", type=Path, action="append",
+        help="an IR folder (default: the default model); repeat it for --scaling and --quality",
+    )  # fmt: skip
+    bench.add_argument("--engines", help="comma-separated subset of ovchat,optimum,genai,llamacpp,pytorch")
+    bench.add_argument(
+        "--variant", action="append", metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="one more ovchat row with these OpenVINO properties, e.g. bf16:INFERENCE_PRECISION_HINT=bf16",
+    )  # fmt: skip
+    mode = bench.add_mutually_exclusive_group()
+    mode.add_argument("--scaling", action="store_true", help="TTFT, decode speed and memory against prompt length")
+    mode.add_argument("--quality", action="store_true", help="perplexity of each --model on a text ovchat ships")
+    bench.add_argument("--quick", action="store_true", help="fewer rounds, fewer tokens (under 3 minutes)")
+    bench.add_argument("--threads", type=int, help="CPU threads for every engine (default: all cores)")
+    # --json is the old spelling, kept working; `ask --json` is a flag, so the path got its own name.
+    bench.add_argument(
+        "--report", "--json", dest="report", type=Path, metavar="PATH",
+        help="write the JSON report here (default: $OVCHAT_HOME/bench/)",
+    )  # fmt: skip
+    bench.add_argument("--plot", type=Path, metavar="PATH", help="draw a PNG chart here")
+
+
+def run(args: argparse.Namespace, models: list[Path]) -> int:
+    """The side-by-side bench (default), or the --scaling or --quality run, on ``models``."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ovchat.bench.report import print_table, write_json
+
+    if not (args.scaling or args.quality) and len(models) > 1:
+        raise OvchatError("give one --model, or several with --scaling or --quality")
+    if args.variant and args.quality:
+        raise OvchatError("--variant applies to the speed benches, not to --quality")
+    console = Console(stderr=True, highlight=False)
+    started = time.perf_counter()
+    if args.quality:
+        kind, report, title, header, rows = _quality(models, console)
+    else:
+        from ovchat.bench.speed import plan_bench, source_checkpoint
+
+        engines = [name.strip() for name in args.engines.split(",")] if args.engines else None
+        if args.scaling and engines is None:
+            engines = ["ovchat", "llamacpp"]
+        plan = plan_bench(models[0], engines, args.quick, args.threads, source_checkpoint, args.variant or ())
+        for name, why in plan.notes.items():
+            console.print(f"[yellow]skipped {name}[/yellow]: {escape(why)}")
+        if args.scaling:
+            kind, report, title, header, rows = _scaling(plan, models, args.quick, console)
+        else:
+            kind, report, title, header, rows = _side_by_side(plan, console)
+    report["seconds"] = time.perf_counter() - started
+    print_table(title, header, rows)
+    path = write_json(report, args.report, kind)
+    console.print(f"JSON: {path}  ({report['seconds']:.0f} s)")
+    if args.plot:
+        _draw(kind, report, args.plot)
+        console.print(f"Chart: {args.plot}")
+    return 0
+
+
+Outcome = tuple[str, dict[str, Any], str, list[str], list[list[str]]]
+
+
+def _side_by_side(plan: Any, console: Any) -> Outcome:
+    from ovchat.bench.report import TABLE_HEADER, format_table
+    from ovchat.bench.speed import run_bench
+
+    with console.status("starting") as status:
+        report = run_bench(plan, progress=status.update)
+    title = f"{plan.ir.name} · {plan.threads} threads · medians of {plan.rounds} rounds · (ratio to llama.cpp)"
+    overhead = report["engines"].get("ovchat", {}).get("streaming_overhead")
+    if overhead is not None:
+        title += f" · streaming costs {overhead:+.1%} per token against the bare genai loop"
+    return "bench", report, title, TABLE_HEADER, format_table(report)
+
+
+def _scaling(plan: Any, models: list[Path], quick: bool, console: Any) -> Outcome:
+    from ovchat.bench.scaling import format_scaling_table, run_scaling
+
+    with console.status("starting") as status:
+        report = run_scaling(plan, models, quick, progress=status.update)
+    title = f"{plan.threads} threads · medians of {report['settings']['rounds']} rounds"
+    return ("scaling", report, title, *format_scaling_table(report))
+
+
+def _quality(models: list[Path], console: Any) -> Outcome:
+    from ovchat.bench.quality import format_quality_table, run_quality
+    from ovchat.bench.speed import source_checkpoint
+
+    with console.status("starting") as status:
+        report = run_quality(models, source_checkpoint(models[0]), progress=status.update)
+    text = report["text"]
+    title = f"perplexity on {text['file']} ({text['tokens']} tokens, windows of {text['window']}) · lower is better"
+    return ("quality", report, title, *format_quality_table(report))
+
+
+def _draw(kind: str, report: dict[str, Any], path: Path) -> None:
+    if kind == "scaling":
+        from ovchat.bench.scaling import draw_scaling_chart
+
+        draw_scaling_chart(report, path)
+    elif kind == "quality":
+        from ovchat.bench.quality import draw_quality_chart
+
+        draw_quality_chart(report, path)
+    else:
+        from ovchat.bench.report import draw_chart
+
+        draw_chart(report, path)

@@ -1,0 +1,21 @@
+"""Saved chats: the SQLite store the page uses, chat files (JSON and Markdown), and recording a
+streamed reply into the store."""
+
+from ovchat.chats.files import chat_to_dict, chat_to_markdown, load_chat, parse_chat, save_chat
+from ovchat.chats.recording import describe_reply, reply_meta, stream_into_store
+from ovchat.chats.store import Conversation, ConversationInfo, ConversationStore, StoredMessage
+
+__all__ = [
+    "Conversation",
+    "ConversationInfo",
+    "ConversationStore",
+    "StoredMessage",
+    "chat_to_dict",
+    "chat_to_markdown",
+    "describe_reply",
+    "load_chat",
+    "parse_chat",
+    "reply_meta",
+    "save_chat",
+    "stream_into_store",
+]

@@ -1,0 +1,25 @@
+"""Generating replies: :class:`Engine` and the types of its stream.
+
+Importing this package is cheap: OpenVINO, openvino-genai and transformers are imported when a
+model is loaded, by the backend that needs them.
+"""
+
+from ovchat.engine.backends import BACKENDS, DEFAULT_BACKEND, Backend, GenerationRequest
+from ovchat.engine.engine import Engine, StreamingEngine
+from ovchat.engine.runtime import available_devices
+from ovchat.engine.streaming import FINISH_REASONS, Chunk, Reply, ReplyStats, collect
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "FINISH_REASONS",
+    "Backend",
+    "Chunk",
+    "Engine",
+    "GenerationRequest",
+    "Reply",
+    "ReplyStats",
+    "StreamingEngine",
+    "available_devices",
+    "collect",
+]

@@ -1,0 +1,168 @@
+"""The engine: one exported model behind :meth:`Engine.stream`, the API every caller uses.
+
+The page, the terminal chat, the export's smoke check and the bench all generate through
+``stream``; ``generate`` is a join over it. The layers under it: a backend makes token ids
+(:mod:`ovchat.engine.backends`), a worker thread turns them into text (:mod:`ovchat.engine.worker`),
+and pure functions cut stop strings and compute the stats (:mod:`ovchat.engine.streaming`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from ovchat import model_folder
+from ovchat.engine.backends import DEFAULT_BACKEND, Backend, GenerationRequest, backend_loader
+from ovchat.engine.runtime import check_device, compile_properties
+from ovchat.engine.streaming import Chunk, Reply, StopCutter, collect, reply_stats
+from ovchat.engine.worker import Heartbeat, ReplyWorker
+from ovchat.errors import OvchatError, first_line
+from ovchat.prompt import ChatTemplate, FittedPrompt, Message, choose_template, fit_to_context, render_prompt
+from ovchat.settings import GenerationSettings
+
+# A reply that produces no token for this long is ended with an error instead of hanging.
+STALL_TIMEOUT_S = 600.0
+
+
+class StreamingEngine(Protocol):
+    """What the terminal chat and the page need of an engine; tests pass scripted fakes."""
+
+    path: Path
+    device: str
+
+    def stream(
+        self, messages: list[Message], settings: GenerationSettings | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]: ...
+
+
+class Engine:
+    """One loaded model. Several threads may call :meth:`stream` at once; a backend that runs one
+    generation at a time makes each reply wait for the previous one, so tokens of two replies never mix."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        path: Path,
+        device: str,
+        template: str = "auto",
+        context_length: int | None = None,
+    ) -> None:
+        self.backend = backend
+        self.tokenizer = backend.tokenizer
+        self.path = path
+        self.device = device
+        self.template: ChatTemplate = choose_template(self.tokenizer, template)
+        self.context_length = context_length or model_folder.model_context_length(backend.model_config)
+        self.stall_timeout_s = STALL_TIMEOUT_S
+        self._heartbeat = Heartbeat()
+        self.eos_token_ids: set[int] = _end_token_ids(backend, self.template)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id: int | None = pad if pad is not None else min(self.eos_token_ids, default=None)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "CPU",
+        ov_config: dict[str, Any] | None = None,
+        use_cache_dir: bool = True,
+        template: str = "auto",
+        context_length: int | None = None,
+        backend: str = DEFAULT_BACKEND,
+    ) -> Engine:
+        """Load an IR folder made by ``export_ir.py``.
+
+        ``backend`` picks the generation loop by name (:data:`~ovchat.engine.backends.BACKENDS`):
+        ``genai``, openvino-genai's C++ loop with its own tokenizer (no transformers or torch), or
+        ``optimum``, OVModelForCausalLM.generate in Python. ``ov_config`` adds OpenVINO properties.
+        """
+        load_backend = backend_loader(backend)
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise OvchatError(f"model folder {folder} does not exist; export one with export_ir.py")
+        missing = model_folder.missing_files(folder)
+        if missing:
+            raise OvchatError(f"{folder} is not an exported model: missing {', '.join(missing)}")
+        check_device(device)
+        properties = compile_properties(device, ov_config, use_cache_dir)
+        try:
+            loaded = load_backend(folder, device, properties)
+        except Exception as error:
+            raise OvchatError(f"could not load {folder}: {first_line(error)}") from error
+        return cls(loaded, folder, device, template=template, context_length=context_length)
+
+    def encode(self, messages: list[Message]) -> list[int]:
+        prompt = render_prompt(self.tokenizer, messages, self.template)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def fit(self, messages: list[Message], settings: GenerationSettings) -> FittedPrompt:
+        """The prompt for ``messages``, with the oldest turns dropped if it would not fit the context."""
+        return fit_to_context(messages, self.encode, self.context_length, settings.max_new_tokens)
+
+    def request(self, prompt_ids: list[int], settings: GenerationSettings) -> GenerationRequest:
+        """What a backend generates for this prompt: the settings and this model's end tokens."""
+        return GenerationRequest(prompt_ids, settings, frozenset(self.eos_token_ids), self.pad_token_id)
+
+    def stream(
+        self,
+        messages: list[Message],
+        settings: GenerationSettings | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Chunk]:
+        """Stream the assistant's reply to ``messages`` as text chunks, then a final chunk with its stats.
+
+        Old turns that do not fit the context are left out (counted in ``trimmed_turns``).
+        ``cancel`` (set from any thread) stops generation after the current token; the final
+        chunk then says ``cancelled``, and the text so far has been yielded. A consumer that stops
+        iterating stops generation too. An error in the generation thread is re-raised here.
+        """
+        settings = settings or GenerationSettings()
+        fitted = self.fit(messages, settings)
+        worker = ReplyWorker(self.backend, self.request(fitted.token_ids, settings), cancel, self._heartbeat)
+        stop_cut = StopCutter(settings.stop + self.template.stop)
+        stopped_by_text = False
+        try:
+            for piece in worker.pieces(self.stall_timeout_s):
+                visible, stopped_by_text = stop_cut.feed(piece)
+                if visible:
+                    yield Chunk(text=visible)
+                if stopped_by_text:
+                    break
+            tail = "" if stopped_by_text else stop_cut.flush()
+            if tail:
+                yield Chunk(text=tail)
+        finally:
+            worker.finish()  # also when the consumer stops iterating: the backend is freed at once
+        stats = reply_stats(
+            worker.record,
+            ended_at=time.perf_counter(),
+            prompt_tokens=len(fitted.token_ids),
+            max_new_tokens=settings.max_new_tokens,
+            end_token_ids=self.eos_token_ids,
+            stopped_by_text=stopped_by_text,
+            trimmed_turns=fitted.trimmed_turns,
+        )
+        yield Chunk(stats=stats)
+
+    def generate(
+        self,
+        messages: list[Message],
+        settings: GenerationSettings | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Reply:
+        """The whole reply at once: a join over :meth:`stream`."""
+        return collect(self.stream(messages, settings, cancel))
+
+
+def _end_token_ids(backend: Backend, template: ChatTemplate) -> set[int]:
+    """The model's eos ids, plus the chat template's end-of-turn token (a model may only emit that)."""
+    eos = backend.generation_config.get("eos_token_id")
+    ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if template.end_of_turn is not None:
+        end_id = backend.tokenizer.convert_tokens_to_ids(template.end_of_turn)
+        if isinstance(end_id, int) and end_id != backend.tokenizer.unk_token_id:
+            ids.add(end_id)
+    return ids

@@ -1,0 +1,36 @@
+"""Facts about this process and machine that reports record: memory high-water mark, CPU name."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from pathlib import Path
+from typing import Any
+
+
+def peak_rss_mb() -> float:
+    """The process's resident-memory high-water mark in MiB (children excluded)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def rss_mb() -> float:
+    """Resident memory now (not the peak): what the process holds after a reply."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the kernel reports it: every figure says on which CPU it was taken."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def machine_facts(threads: int) -> dict[str, Any]:
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads, "python": platform.python_version()}
