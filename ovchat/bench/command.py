@@ -83,7 +83,7 @@ def _side_by_side(plan: Any, console: Any) -> Outcome:
     title = f"{plan.ir.name} · {plan.threads} threads · medians of {plan.rounds} rounds · (ratio to llama.cpp)"
     overhead = report["engines"].get("ovchat", {}).get("streaming_overhead")
     if overhead is not None:
-        title += f" · streaming costs {overhead:+.1%} per token against the bare genai loop"
+        title += f" · streaming costs {overhead:+.1%} per token against the backend's own C++ loop"
     return "bench", report, title, TABLE_HEADER, format_table(report)
 
 
