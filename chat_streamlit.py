@@ -2,8 +2,8 @@
 
 UI only. Loading, exporting, generating and saving live in the ovchat package. The open
 chat's id is in the URL (?chat=ID) and every chat is in SQLite, so a reload keeps it.
-One engine per model and device is shared by all tabs (st.cache_resource); it answers
-one reply at a time, so two tabs never mix their replies. The package's layout is in
+One engine per model and device is shared by all tabs (st.cache_resource); with the default
+continuous-batching loop the replies of several tabs advance together, each its own. The package's layout is in
 docs/architecture.md.
 """
 
@@ -185,7 +185,8 @@ def model_sidebar() -> tuple[Path | None, str, str]:
         "Generation loop",
         BACKENDS,
         index=BACKENDS.index(DEFAULT_BACKEND),
-        help="genai: openvino-genai's C++ loop (faster); optimum: optimum-intel's OVModelForCausalLM.generate.",
+        help="batched: openvino-genai's continuous batching, so several tabs get replies at once; "
+        "genai: its LLMPipeline, one reply at a time; optimum: optimum-intel's OVModelForCausalLM.generate.",
     )
     return folder, device, backend
 

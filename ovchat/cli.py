@@ -211,7 +211,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=BACKENDS,
         default=DEFAULT_BACKEND,
-        help=f"generation loop: openvino-genai's C++ loop or optimum-intel's (default: {DEFAULT_BACKEND})",
+        help="generation loop: batched (openvino-genai's continuous batching, replies of several callers at once), "
+        f"genai (its LLMPipeline, one reply at a time) or optimum (optimum-intel's) (default: {DEFAULT_BACKEND})",
     )
     parser.add_argument("--system", help="system prompt")
 
