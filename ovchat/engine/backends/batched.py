@@ -21,13 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import openvino as ov
 import openvino_genai
 
 from ovchat.engine.backends import GenerationRequest, OnTokens, ShouldStop
-from ovchat.engine.backends.genai import generation_config
-from ovchat.engine.backends.genai_tokenizer import GenaiDetokenizer, GenaiTokenizer
+from ovchat.engine.backends.genai import GenaiPipelineBackend, generation_config, prompt_tensor
 from ovchat.errors import OvchatError
 from ovchat.model_folder import model_context_length, read_model_configs
 
@@ -81,13 +78,11 @@ class _Job:
     unstreamed: bool = False  # run by the pipeline's own C++ loop, whole (the bench's reference)
 
 
-class BatchedBackend:
+class BatchedBackend(GenaiPipelineBackend):
     """One ContinuousBatchingPipeline behind the Backend protocol; any number of callers at once."""
 
     def __init__(self, pipeline: Any, folder: Path) -> None:
-        self.pipeline = pipeline
-        self.tokenizer = GenaiTokenizer(pipeline.get_tokenizer(), folder)
-        self.model_config, self.generation_config = read_model_configs(folder)
+        super().__init__(pipeline, folder)
         self._ids = itertools.count()
         self._inbox: queue.Queue[_Job] = queue.Queue()
         self._loop = threading.Thread(target=self._schedule, name="ovchat-scheduler", daemon=True)
@@ -103,9 +98,6 @@ class BatchedBackend:
             read_model_configs(folder)[0], psutil.virtual_memory().available
         )
         return cls(openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, device, options), folder)
-
-    def detokenizer(self) -> GenaiDetokenizer:
-        return GenaiDetokenizer(self.pipeline.get_tokenizer())
 
     def metrics(self) -> Any:
         """The pipeline's own figures: requests, scheduled requests, KV-cache use."""
@@ -123,8 +115,8 @@ class BatchedBackend:
         return item or []
 
     def _job(self, request: GenerationRequest) -> _Job:
-        ids = np.array([request.prompt_ids], dtype=np.int64)
-        return _Job(next(self._ids), ov.Tensor(ids), generation_config(request.settings, request.end_token_ids))
+        config = generation_config(request.settings, request.end_token_ids)
+        return _Job(next(self._ids), prompt_tensor(request.prompt_ids), config)
 
     def generate(self, request: GenerationRequest, on_tokens: OnTokens, should_stop: ShouldStop) -> None:
         job = self._job(request)

@@ -41,9 +41,13 @@ def generation_config(settings: GenerationSettings, end_token_ids: frozenset[int
     return config
 
 
+def prompt_tensor(prompt_ids: list[int]) -> Any:
+    """The prompt as the pipelines take token ids: a batch of one."""
+    return ov.Tensor(np.array([prompt_ids], dtype=np.int64))
+
+
 def _tokenized(prompt_ids: list[int]) -> Any:
-    ids = np.array([prompt_ids], dtype=np.int64)
-    return openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
+    return openvino_genai.TokenizedInputs(prompt_tensor(prompt_ids), ov.Tensor(np.ones((1, len(prompt_ids)), np.int64)))
 
 
 class _TokenStreamer(openvino_genai.StreamerBase):
@@ -62,13 +66,24 @@ class _TokenStreamer(openvino_genai.StreamerBase):
         pass  # the engine ends the text itself, after generate returns
 
 
-class GenaiBackend:
-    """One LLMPipeline; it runs one generation at a time, so callers take turns."""
+class GenaiPipelineBackend:
+    """What the openvino-genai backends share: the pipeline's own tokenizer and detokenizer (no
+    transformers), and the model's configs read as JSON."""
 
     def __init__(self, pipeline: Any, folder: Path) -> None:
         self.pipeline = pipeline
         self.tokenizer = GenaiTokenizer(pipeline.get_tokenizer(), folder)
         self.model_config, self.generation_config = read_model_configs(folder)
+
+    def detokenizer(self) -> GenaiDetokenizer:
+        return GenaiDetokenizer(self.pipeline.get_tokenizer())
+
+
+class GenaiBackend(GenaiPipelineBackend):
+    """One LLMPipeline; it runs one generation at a time, so callers take turns."""
+
+    def __init__(self, pipeline: Any, folder: Path) -> None:
+        super().__init__(pipeline, folder)
         self._turn = threading.Lock()
 
     @classmethod
@@ -81,9 +96,6 @@ class GenaiBackend:
             scheduler.enable_prefix_caching = True
             options["scheduler_config"] = scheduler
         return cls(openvino_genai.LLMPipeline(str(folder), device, **options), folder)
-
-    def detokenizer(self) -> GenaiDetokenizer:
-        return GenaiDetokenizer(self.pipeline.get_tokenizer())
 
     def generate(self, request: GenerationRequest, on_tokens: OnTokens, should_stop: ShouldStop) -> None:
         config = generation_config(request.settings, request.end_token_ids)
