@@ -30,6 +30,19 @@ def fresh_streamlit_caches() -> Iterator[None]:
     st.cache_resource.clear()
 
 
+@pytest.fixture(autouse=True)
+def one_script_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`streamlit run` compiles the page once per server, under a lock, for every session; AppTest compiles
+    it again on every run. Two tabs compiling at once in threads hit CPython 3.11's AST race (cpython
+    #106905: "SystemError: AST constructor recursion depth mismatch"), so the tests share one cache too."""
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+    from streamlit.testing.v1 import app_test, local_script_runner
+
+    shared = ScriptCache()
+    monkeypatch.setattr(app_test, "ScriptCache", lambda: shared)
+    monkeypatch.setattr(local_script_runner, "ScriptCache", lambda: shared)
+
+
 @pytest.fixture
 def fake_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeEngine:
     engine = FakeEngine()
