@@ -16,14 +16,18 @@ ASK_KEYS = {"text", "finish_reason", "prompt_tokens", "new_tokens", "ttft_s", "d
 
 
 def ovchat(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """Run the CLI; its output decoded exactly. (text=True would turn a "\r" in a reply into "\n", and the
+    printed reply would no longer equal the saved one.)"""
+    result = subprocess.run(
         [sys.executable, "-m", "ovchat.cli", *args],
-        input=stdin,
+        input=stdin.encode("utf-8"),
         capture_output=True,
-        text=True,
         env=os.environ.copy(),
         timeout=300,
         check=False,
+    )
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode("utf-8"), result.stderr.decode("utf-8")
     )
 
 
