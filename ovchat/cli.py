@@ -193,7 +193,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 # ----- chat, ask -----
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, system_prompt: bool = True) -> None:
     from ovchat.engine import BACKENDS, DEFAULT_BACKEND
     from ovchat.prompt import TEMPLATE_CHOICES
 
@@ -214,7 +214,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="generation loop: batched (openvino-genai's continuous batching, replies of several callers at once), "
         f"genai (its LLMPipeline, one reply at a time) or optimum (optimum-intel's) (default: {DEFAULT_BACKEND})",
     )
-    parser.add_argument("--system", help="system prompt")
+    if system_prompt:
+        parser.add_argument("--system", help="system prompt")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -296,6 +297,19 @@ def run_bench(args: argparse.Namespace) -> int:
     return command.run(args, args.model or [default_model(args.verbose)])
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from ovchat.engine import Engine
+    from ovchat.server import command
+
+    folder = args.model if args.model is not None else default_model(args.verbose)
+    options = command.engine_options(args)
+
+    def load() -> Engine:
+        return Engine.load(folder, device=args.device, template=args.template, backend=args.backend, ov_config=options)
+
+    return command.run(args, folder, load)
+
+
 def run_devices(args: argparse.Namespace) -> int:
     from ovchat.engine import available_devices
 
@@ -306,6 +320,7 @@ def run_devices(args: argparse.Namespace) -> int:
 
 def build_parser() -> OneLineArgumentParser:
     from ovchat.bench import command as bench_command
+    from ovchat.server import command as serve_command
 
     parser = OneLineArgumentParser(prog="ovchat", description="Local LLM chat on OpenVINO.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
@@ -331,6 +346,9 @@ def build_parser() -> OneLineArgumentParser:
     bench_command.add_arguments(
         command("bench", run_bench, "measure the chat path against llama.cpp, openvino-genai and PyTorch")
     )
+    serve = command("serve", run_serve, "serve the model over an OpenAI-compatible HTTP API")
+    add_model_arguments(serve, system_prompt=False)  # each request brings its own messages
+    serve_command.add_arguments(serve)
     command("devices", run_devices, "list the OpenVINO devices")
     return parser
 

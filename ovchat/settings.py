@@ -18,6 +18,9 @@ class GenerationSettings:
     top_p: float = 0.9
     top_k: int = 40  # 0 disables top-k
     repetition_penalty: float = 1.1
+    # OpenAI's penalties: subtract (count x frequency + presence) from a seen token's logit.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
 
@@ -33,6 +36,8 @@ class GenerationSettings:
         _check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
         _check_int("top_k", self.top_k, 0, 10000)
         _check_float("repetition_penalty", self.repetition_penalty, 0.5, 3.0)
+        _check_float("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _check_float("presence_penalty", self.presence_penalty, -2.0, 2.0)
         if self.seed is not None:
             _check_int("seed", self.seed, 0, 2**32 - 1)
 
@@ -45,6 +50,8 @@ class GenerationSettings:
 
     def to_generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``transformers`` ``generate``; stop strings are handled by the engine."""
+        if self.frequency_penalty or self.presence_penalty:
+            raise OvchatError("the optimum loop has no frequency or presence penalty; use the batched or genai loop")
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
             "repetition_penalty": self.repetition_penalty,

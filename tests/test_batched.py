@@ -120,6 +120,10 @@ def test_a_stopped_caller_frees_the_only_slot_for_a_waiting_one(tiny_irs: dict[s
         chunks.append(chunk)
         if len(chunks) == 1:  # the one slot is busy: the second request waits for it
             thread.start()
+            deadline = time.monotonic() + 60
+            while engine.backend.metrics().waiting != 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert engine.backend.metrics().waiting == 1 and not waiting
             cancel.set()  # what Stop in the page and a disconnected HTTP client do
     thread.join(timeout=120)
     stopped = chunks[-1].stats

@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from ovchat.paths import HOME_ENV
+from ovchat.server.process import ServerProcess, free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
@@ -46,40 +43,6 @@ REPLY_TEXT_JS = """message => [...message.querySelectorAll('[data-testid="stMark
 SERVER_START_S = 60
 MODEL_LOAD_MS = 180_000  # loading and compiling the model with an empty OpenVINO cache, with room to spare
 REPLY_MS = 180_000  # a whole reply of at most 512 tokens on two cores
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_healthy(server: subprocess.Popen[bytes], url: str, stderr_log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().decode().strip() == "ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    state = f"exited with {server.returncode}" if server.poll() is not None else f"not healthy in {SERVER_START_S} s"
-    pytest.fail(f"streamlit {state}; its stderr:\n{stderr_log.read_text(errors='replace')[-5000:]}")
-
-
-def stop_server(server: subprocess.Popen[bytes]) -> None:
-    """End the server and anything it started (it runs in its own process group)."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -113,23 +76,18 @@ def chat_server(default_model_home: Path, tmp_path_factory: pytest.TempPathFacto
     env = {**os.environ, HOME_ENV: str(home)}
     env.pop("OVCHAT_MODEL", None)
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     command = [
         *(sys.executable, "-m", "streamlit", "run", "chat_streamlit.py"),
         *("--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1"),
         # No reruns or "source changed" banners if the page's file is edited during the run.
         *("--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"),
     ]
-    stdout_log, stderr_log = folder / "streamlit.out", folder / "streamlit.err"
-    with stdout_log.open("wb") as out, stderr_log.open("wb") as err:
-        server = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
-        )
-    try:
-        wait_until_healthy(server, url, stderr_log)
-        yield url
-    finally:
-        stop_server(server)
+    server = ServerProcess(
+        "streamlit", command, port, folder, health_path="/_stcore/health", env=env, cwd=ROOT,
+        start_timeout_s=SERVER_START_S,
+    )  # fmt: skip
+    with server:
+        yield server.url
 
 
 @pytest.fixture
@@ -238,3 +196,31 @@ def test_stop_keeps_the_partial_reply_marked_stopped(page: Page) -> None:
     stopped = reply.locator(CAPTION).filter(has_text="stopped")
     expect(stopped, "the stopped reply's caption says 'stopped'").to_be_visible(timeout=20_000)
     assert reply_text(reply)
+
+
+def test_two_tabs_stream_their_replies_at_the_same_time(browser: Browser, chat_server: str) -> None:
+    """Two sessions on one page server share one engine: the second tab's reply starts while the first
+    tab's is still being written (with one reply at a time it could only start after it)."""
+    from playwright.sync_api import expect
+
+    contexts = [browser.new_context(viewport={"width": 1280, "height": 900}) for _ in range(2)]
+    try:
+        pages = [context.new_page() for context in contexts]
+        for page in pages:
+            page.goto(chat_server)
+            page.locator(CHAT_INPUT).wait_for(timeout=MODEL_LOAD_MS)
+        first = send(pages[0], "Write a very long story about a dragon who learns to cook.")
+        wait_for_text(first)
+        second = send(pages[1], "Write a very long story about a robot who wants to paint.")
+        wait_for_text(second)
+        first_finished = first.locator(CAPTION).filter(has_text="tok/s")
+        assert not first_finished.count(), "the first tab's reply ended before the second tab's began"
+        expect(stop_button(pages[0])).to_be_visible()
+        expect(stop_button(pages[1])).to_be_visible()
+        for page, reply in zip(pages, (first, second), strict=True):
+            stop_button(page).click()
+            expect(reply.locator(CAPTION).filter(has_text="stopped")).to_be_visible(timeout=20_000)
+            assert reply_text(reply)
+    finally:
+        for context in contexts:
+            context.close()

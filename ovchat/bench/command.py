@@ -15,7 +15,11 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
         "-m", "--model", type=Path, action="append",
         help="an IR folder (default: the default model); repeat it for --scaling and --quality",
     )  # fmt: skip
-    bench.add_argument("--engines", help="comma-separated subset of ovchat,optimum,genai,llamacpp,pytorch")
+    bench.add_argument(
+        "--engines",
+        help="comma-separated subset of ovchat,optimum,genai,llamacpp,pytorch; with --concurrency, of "
+        "serve,lock,llamacpp,llama-server,in-process",
+    )
     bench.add_argument(
         "--variant", action="append", metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="one more ovchat row with these OpenVINO properties, e.g. bf16:INFERENCE_PRECISION_HINT=bf16",
@@ -23,6 +27,10 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     mode = bench.add_mutually_exclusive_group()
     mode.add_argument("--scaling", action="store_true", help="TTFT, decode speed and memory against prompt length")
     mode.add_argument("--quality", action="store_true", help="perplexity of each --model on a text ovchat ships")
+    mode.add_argument(
+        "--concurrency", metavar="N[,N...]",
+        help="clients at once, e.g. 1,2,4,8: ovchat serve against the one-reply lock and llama.cpp's server over HTTP",
+    )  # fmt: skip
     bench.add_argument("--quick", action="store_true", help="fewer rounds, fewer tokens (under 3 minutes)")
     bench.add_argument("--threads", type=int, help="CPU threads for every engine (default: all cores)")
     # --json is the old spelling, kept working; `ask --json` is a flag, so the path got its own name.
@@ -31,6 +39,10 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
         help="write the JSON report here (default: $OVCHAT_HOME/bench/)",
     )  # fmt: skip
     bench.add_argument("--plot", type=Path, metavar="PATH", help="draw a PNG chart here")
+    bench.add_argument(
+        "--llama-server", type=Path, metavar="PATH",
+        help="llama.cpp's llama-server binary, a --concurrency target (default: $OVCHAT_LLAMA_SERVER or the PATH)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace, models: list[Path]) -> int:
@@ -46,7 +58,9 @@ def run(args: argparse.Namespace, models: list[Path]) -> int:
         raise OvchatError("--variant applies to the speed benches, not to --quality")
     console = Console(stderr=True, highlight=False)
     started = time.perf_counter()
-    if args.quality:
+    if args.concurrency:
+        kind, report, title, header, rows = _concurrency(args, models, console)
+    elif args.quality:
         kind, report, title, header, rows = _quality(models, console)
     else:
         from ovchat.bench.speed import plan_bench, source_checkpoint
@@ -64,6 +78,11 @@ def run(args: argparse.Namespace, models: list[Path]) -> int:
     report["seconds"] = time.perf_counter() - started
     print_table(title, header, rows)
     path = write_json(report, args.report, kind)
+    if kind == "concurrency":
+        from ovchat.bench.concurrency import describe_goals
+
+        for line in describe_goals(report):
+            console.print(line)
     console.print(f"JSON: {path}  ({report['seconds']:.0f} s)")
     if args.plot:
         _draw(kind, report, args.plot)
@@ -96,6 +115,44 @@ def _scaling(plan: Any, models: list[Path], quick: bool, console: Any) -> Outcom
     return ("scaling", report, title, *format_scaling_table(report))
 
 
+def _concurrency(args: argparse.Namespace, models: list[Path], console: Any) -> Outcome:
+    from ovchat.bench.concurrency import (
+        TARGETS,
+        format_concurrency_table,
+        llama_server_binary,
+        parse_levels,
+        run_concurrency,
+        unavailable_targets,
+    )
+    from ovchat.model_folder import is_complete
+    from ovchat.paths import data_home
+
+    if len(models) > 1 or args.variant or args.threads:
+        raise OvchatError("--concurrency takes one --model, and no --variant or --threads (servers use every core)")
+    if not is_complete(models[0]):
+        raise OvchatError(f"{models[0]} is not an exported model folder")
+    levels = parse_levels(args.concurrency)
+    targets = [name.strip() for name in args.engines.split(",")] if args.engines else list(TARGETS)
+    unknown = [name for name in targets if name not in TARGETS]
+    if unknown:
+        raise OvchatError(f"unknown target {unknown[0]!r} for --concurrency; choose from {', '.join(TARGETS)}")
+    if args.llama_server is not None and not args.llama_server.is_file():
+        raise OvchatError(f"--llama-server {args.llama_server}: no such file")
+    llama_server = llama_server_binary(args.llama_server)
+    for name, why in unavailable_targets(models[0], targets, llama_server).items():
+        console.print(f"[yellow]skipped {name}[/yellow]: {why}")
+        targets.remove(name)
+    logs = data_home() / "bench" / "servers"
+    with console.status("starting") as status:
+        report = run_concurrency(models[0], levels, targets, args.quick, logs, llama_server, progress=status.update)
+    settings = report["settings"]
+    title = (
+        f"{models[0].name} · {report['machine']['cpu']} · greedy, {settings['max_tokens']} new tokens · "
+        f"medians of {settings['rounds']} rounds"
+    )
+    return ("concurrency", report, title, *format_concurrency_table(report))
+
+
 def _quality(models: list[Path], console: Any) -> Outcome:
     from ovchat.bench.quality import format_quality_table, run_quality
     from ovchat.bench.speed import source_checkpoint
@@ -108,7 +165,11 @@ def _quality(models: list[Path], console: Any) -> Outcome:
 
 
 def _draw(kind: str, report: dict[str, Any], path: Path) -> None:
-    if kind == "scaling":
+    if kind == "concurrency":
+        from ovchat.bench.concurrency import draw_concurrency_chart
+
+        draw_concurrency_chart(report, path)
+    elif kind == "scaling":
         from ovchat.bench.scaling import draw_scaling_chart
 
         draw_scaling_chart(report, path)

@@ -121,8 +121,33 @@ class Engine:
         """
         settings = settings or GenerationSettings()
         fitted = self.fit(messages, settings)
-        worker = ReplyWorker(self.backend, self.request(fitted.token_ids, settings), cancel, self._heartbeat)
-        stop_cut = StopCutter(settings.stop + self.template.stop)
+        yield from self._stream_ids(fitted.token_ids, settings, cancel, self.template.stop, fitted.trimmed_turns)
+
+    def complete(
+        self, prompt: str, settings: GenerationSettings | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]:
+        """Continue ``prompt`` as plain text, with no chat template (OpenAI's ``/v1/completions``)."""
+        settings = settings or GenerationSettings()
+        if not prompt:
+            raise OvchatError("the prompt is empty")
+        token_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if len(token_ids) + settings.max_new_tokens > self.context_length:
+            raise OvchatError(
+                f"the prompt takes {len(token_ids)} tokens, and with {settings.max_new_tokens} new tokens that "
+                f"exceeds the model's context of {self.context_length}; shorten it or lower max tokens"
+            )
+        yield from self._stream_ids(token_ids, settings, cancel, (), 0)
+
+    def _stream_ids(
+        self,
+        prompt_ids: list[int],
+        settings: GenerationSettings,
+        cancel: threading.Event | None,
+        template_stops: tuple[str, ...],
+        trimmed_turns: int,
+    ) -> Iterator[Chunk]:
+        worker = ReplyWorker(self.backend, self.request(prompt_ids, settings), cancel, self._heartbeat)
+        stop_cut = StopCutter(settings.stop + template_stops)
         stopped_by_text = False
         try:
             for piece in worker.pieces(self.stall_timeout_s):
@@ -139,11 +164,11 @@ class Engine:
         stats = reply_stats(
             worker.record,
             ended_at=time.perf_counter(),
-            prompt_tokens=len(fitted.token_ids),
+            prompt_tokens=len(prompt_ids),
             max_new_tokens=settings.max_new_tokens,
             end_token_ids=self.eos_token_ids,
             stopped_by_text=stopped_by_text,
-            trimmed_turns=fitted.trimmed_turns,
+            trimmed_turns=trimmed_turns,
         )
         yield Chunk(stats=stats)
 

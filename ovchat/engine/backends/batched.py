@@ -12,6 +12,7 @@ all, and a Python thread kept running while ``step()`` ran, so the loop lives in
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import queue
@@ -31,6 +32,7 @@ from ovchat.model_folder import model_context_length, read_model_configs
 # Replies that advance together. On 2 CPU cores each step's cost grows with the batch, so more
 # would slow every reply for little more throughput; a GPU or a larger CPU wants more.
 DEFAULT_MAX_NUM_SEQS = 8
+MAX_NUM_SEQS_OPTION = "max_num_seqs"
 # The KV cache may take at most this share of the memory available when the model loads.
 KV_CACHE_MEMORY_SHARE = 0.25
 # Tokens of context the cache is sized for per sequence, at most (a 128k-context model would
@@ -65,6 +67,13 @@ def scheduler_config(config: Mapping[str, Any], available_bytes: int, max_num_se
     return scheduler
 
 
+@dataclass(frozen=True)
+class BatchedMetrics:
+    running: int
+    waiting: int
+    cache_usage_percent: float
+
+
 @dataclass(eq=False)
 class _Job:
     """One request in flight: what the caller handed in, and what the scheduler hands back."""
@@ -81,8 +90,14 @@ class _Job:
 class BatchedBackend(GenaiPipelineBackend):
     """One ContinuousBatchingPipeline behind the Backend protocol; any number of callers at once."""
 
-    def __init__(self, pipeline: Any, folder: Path) -> None:
+    def __init__(self, pipeline: Any, folder: Path, max_running: int = DEFAULT_MAX_NUM_SEQS) -> None:
         super().__init__(pipeline, folder)
+        # The pipeline's scheduler does not hold to max_num_seqs with dynamic split-fuse on (two
+        # requests ran together with max_num_seqs=1 in openvino-genai 2026.4), so the limit is kept
+        # here: at most max_running requests are in the pipeline, the rest wait in order.
+        self.max_running = max_running
+        self.running_count = 0
+        self.waiting_count = 0
         self._ids = itertools.count()
         self._inbox: queue.Queue[_Job] = queue.Queue()
         self._loop = threading.Thread(target=self._schedule, name="ovchat-scheduler", daemon=True)
@@ -94,14 +109,24 @@ class BatchedBackend(GenaiPipelineBackend):
 
         options = dict(properties)
         options.pop("ATTENTION_BACKEND", None)  # continuous batching is PagedAttention
+        # ovchat's own options ride along with OpenVINO's properties: a whole SchedulerConfig, or the
+        # number of replies at once (`ovchat serve --parallel`) for a scheduler sized as usual.
+        max_num_seqs = int(options.pop(MAX_NUM_SEQS_OPTION, DEFAULT_MAX_NUM_SEQS))
         scheduler = options.pop("scheduler_config", None) or scheduler_config(
-            read_model_configs(folder)[0], psutil.virtual_memory().available
+            read_model_configs(folder)[0], psutil.virtual_memory().available, max_num_seqs
         )
-        return cls(openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, device, options), folder)
+        pipeline = openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, device, options)
+        return cls(pipeline, folder, scheduler.max_num_seqs)
 
-    def metrics(self) -> Any:
-        """The pipeline's own figures: requests, scheduled requests, KV-cache use."""
-        return self.pipeline.get_metrics()
+    def metrics(self) -> BatchedMetrics:
+        """Requests generating and waiting (here or in the pipeline), and the KV cache's use."""
+        figures = self.pipeline.get_metrics()
+        unscheduled = max(0, figures.requests - figures.scheduled_requests)
+        return BatchedMetrics(
+            running=self.running_count - unscheduled,
+            waiting=self.waiting_count + unscheduled,
+            cache_usage_percent=figures.cache_usage,
+        )
 
     def generate_unstreamed(self, request: GenerationRequest) -> list[int]:
         """The whole reply from the pipeline's own C++ loop, with no Python per step; run when no other
@@ -145,23 +170,29 @@ class BatchedBackend(GenaiPipelineBackend):
 
     def _schedule(self) -> None:
         running: dict[int, _Job] = {}
+        waiting: collections.deque[_Job] = collections.deque()  # in order of arrival, for a free slot
         deferred: list[_Job] = []  # unstreamed jobs wait until no reply is running
         while True:
             # Block for work when idle; otherwise take what arrived since the last step.
-            jobs = [self._inbox.get()] if not running and not deferred else []
+            jobs = [self._inbox.get()] if not running and not deferred and not waiting else []
             while not self._inbox.empty():
                 jobs.append(self._inbox.get_nowait())
             deferred += [job for job in jobs if job.unstreamed]
-            jobs = [job for job in jobs if not job.unstreamed]
-            if deferred and not running and not jobs:
+            waiting.extend(job for job in jobs if not job.unstreamed)
+            for job in [job for job in waiting if job.stopped.is_set()]:  # its caller left while it waited
+                waiting.remove(job)
+                job.tokens.put(None)
+            if deferred and not running and not waiting:
                 self._run_unstreamed(deferred.pop(0))
                 continue
-            for job in jobs:
+            while waiting and len(running) < self.max_running:
+                job = waiting.popleft()
                 try:
                     job.handle = self.pipeline.add_request(job.request_id, job.prompt, job.config)
                     running[job.request_id] = job
                 except Exception as error:
                     job.tokens.put(OvchatError(f"the model could not take the request: {error}"))
+            self.running_count, self.waiting_count = len(running), len(waiting)
             try:
                 if running:
                     self.pipeline.step()

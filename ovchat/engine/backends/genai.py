@@ -27,6 +27,8 @@ def generation_config(settings: GenerationSettings, end_token_ids: frozenset[int
     config = openvino_genai.GenerationConfig()
     config.max_new_tokens = settings.max_new_tokens
     config.repetition_penalty = settings.repetition_penalty
+    config.frequency_penalty = settings.frequency_penalty
+    config.presence_penalty = settings.presence_penalty
     config.stop_token_ids = set(end_token_ids)
     config.apply_chat_template = False  # the prompt is already rendered and tokenized
     if not settings.greedy:

@@ -1,0 +1,111 @@
+"""``ovchat serve``: its flags, the safety check on the address, and running uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ovchat.errors import OvchatError
+from ovchat.server import DEFAULT_MAX_REQUESTS
+
+if TYPE_CHECKING:
+    from ovchat.engine import Engine
+
+API_KEY_ENV = "OVCHAT_API_KEY"
+
+
+def add_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--api-key", help=f"clients must send it as a Bearer token (default: ${API_KEY_ENV})")
+    serve.add_argument("--allow-no-key", action="store_true", help="serve on a non-loopback address without an API key")
+    serve.add_argument("--model-name", help="the model's name in the API (default: the model folder's name)")
+    serve.add_argument(
+        "--parallel",
+        type=int,
+        help="replies the batched loop generates at once; more wait their turn (default: the loop's own)",
+    )
+    serve.add_argument(
+        "--max-requests",
+        type=int,
+        default=DEFAULT_MAX_REQUESTS,
+        help=f"requests generating or waiting at once; more are refused with 503 (default: {DEFAULT_MAX_REQUESTS})",
+    )
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """OpenVINO and scheduler options for the engine the server loads."""
+    from ovchat.engine.backends.batched import MAX_NUM_SEQS_OPTION
+
+    if args.parallel is None:
+        return None
+    if args.backend != "batched":
+        raise OvchatError(f"--parallel sets the batched loop's replies at once; the {args.backend} loop makes one")
+    if args.parallel < 1:
+        raise OvchatError(f"--parallel must be at least 1, not {args.parallel}")
+    return {MAX_NUM_SEQS_OPTION: args.parallel}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace, folder: Path, load: Callable[[], Engine]) -> int:
+    """Serve ``load()``'s engine on ``args.host``:``args.port`` until interrupted."""
+    import uvicorn
+
+    from ovchat.server.app import create_app
+
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not is_loopback(args.host) and api_key is None and not args.allow_no_key:
+        raise OvchatError(
+            f"serving on {args.host} without an API key would let anyone who can reach it use the model; "
+            f"pass --api-key KEY (or set {API_KEY_ENV}), or --allow-no-key to serve it open"
+        )
+    if not 0 < args.port < 65536:
+        raise OvchatError(f"--port must be in 1-65535, not {args.port}")
+    if args.max_requests < 1:
+        raise OvchatError(f"--max-requests must be at least 1, not {args.max_requests}")
+    model = args.model_name or folder.name
+    try:
+        # Bound here, before the model loads, so a taken port is one clear line, not uvicorn's log.
+        listener = socket.create_server((args.host, args.port), family=_family(args.host))
+    except OSError as error:
+        raise OvchatError(f"could not listen on {args.host}:{args.port}: {error.strerror or error}") from None
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_ready(error: str | None) -> None:
+        if error is None:
+            print(
+                f"ovchat serve: ready: http://{args.host}:{args.port}/v1 serving {model}", file=sys.stderr, flush=True
+            )
+            return
+        failure.append(error)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(load, model, api_key=api_key, max_requests=args.max_requests, on_ready=on_ready)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    print(f"ovchat serve: loading {folder.name}; http://{args.host}:{args.port}/health says when it is ready",
+          file=sys.stderr, flush=True)  # fmt: skip
+    server.run(sockets=[listener])
+    if failure:
+        raise OvchatError(failure[0])
+    return 0
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

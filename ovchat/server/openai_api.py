@@ -1,0 +1,188 @@
+"""OpenAI's API shapes: request bodies in, replies, stream chunks and errors out.
+
+Requests are validated with pydantic (what FastAPI speaks); anything a client gets wrong becomes
+an :class:`ApiError` with OpenAI's error object, never a 500. Unknown fields are ignored, as
+OpenAI-compatible servers (vLLM, llama.cpp's) do, so clients that send extras keep working.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ovchat.engine import ReplyStats
+from ovchat.errors import OvchatError
+from ovchat.prompt import Message
+from ovchat.settings import GenerationSettings
+
+# When a request leaves a parameter out, OpenAI's defaults apply (temperature 1, top_p 1),
+# not the page's: a client written for the OpenAI API expects them.
+OPENAI_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
+# ovchat's finish reasons as OpenAI names them; "cancelled" replies are never sent (the client left).
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
+
+
+class ApiError(Exception):
+    """An error the client gets as ``{"error": {"message", "type", "param", "code"}}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def validation_error(errors: Sequence[Any]) -> ApiError:
+    """A body FastAPI could not read as the request's model: bad JSON, a missing or ill-typed field."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return ApiError(400, f"the request body is not valid JSON: {detail}".rstrip(": "))
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    return ApiError(400, message, param=where or None)
+
+
+class TextPart(BaseModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str | list[TextPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingBody(BaseModel):
+    """The parameters chat and plain completions share."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def settings(self) -> GenerationSettings:
+        if self.n != 1:
+            raise ApiError(400, "only n=1 is supported: one reply per request", param="n")
+        values: dict[str, Any] = {**OPENAI_DEFAULTS}
+        given = {
+            "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty, "frequency_penalty": self.frequency_penalty,
+            "presence_penalty": self.presence_penalty, "seed": self.seed,
+            "max_new_tokens": self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens,
+        }  # fmt: skip
+        values.update({name: value for name, value in given.items() if value is not None})
+        if self.stop:
+            values["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        try:
+            return GenerationSettings(**values)
+        except OvchatError as error:
+            # The settings' messages start with the setting's name; the client knows it by OpenAI's.
+            name, rest = str(error).split(" ", 1)
+            api_name = self._max_tokens_name if name == "max_new_tokens" else name
+            raise ApiError(400, f"{api_name} {rest}", param=api_name) from None
+
+    @property
+    def _max_tokens_name(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatBody(SamplingBody):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    def chat(self) -> list[Message]:
+        """The messages as the engine takes them: text content, OpenAI's "developer" role as system."""
+        chat: list[Message] = []
+        for index, message in enumerate(self.messages):
+            role = "system" if message.role == "developer" else message.role
+            if role not in ("system", "user", "assistant"):
+                raise ApiError(400, f"message {index} has role {message.role!r}; this server takes "
+                               "system, developer, user and assistant", param=f"messages[{index}].role")  # fmt: skip
+            chat.append({"role": role, "content": _text(message.content, index)})  # type: ignore[typeddict-item]
+        return chat
+
+
+class CompletionBody(SamplingBody):
+    prompt: str
+
+
+def _text(content: str | list[TextPart] | None, index: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for part in content:
+        if part.type != "text" or part.text is None:
+            raise ApiError(400, f"message {index} has a {part.type!r} part; this server reads text only",
+                           param=f"messages[{index}].content")  # fmt: skip
+        parts.append(part.text)
+    return "".join(parts)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(stats: ReplyStats) -> dict[str, int]:
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.new_tokens,
+        "total_tokens": stats.prompt_tokens + stats.new_tokens,
+    }
+
+
+def chat_reply(reply_id: str, model: str, text: str, stats: ReplyStats) -> dict[str, Any]:
+    return {
+        "id": reply_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": FINISH_REASONS[stats.finish_reason], "logprobs": None}],
+        "usage": usage(stats),
+    }  # fmt: skip
+
+
+def chat_chunk(reply_id: str, model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": reply_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }  # fmt: skip
+
+
+def completion_reply(reply_id: str, model: str, text: str, stats: ReplyStats | None, streamed: bool) -> dict:
+    finish = FINISH_REASONS[stats.finish_reason] if stats is not None else None
+    body: dict[str, Any] = {
+        "id": reply_id, "object": "text_completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+    }  # fmt: skip
+    if stats is not None and not streamed:
+        body["usage"] = usage(stats)
+    return body
+
+
+def usage_chunk(reply_id: str, model: str, stats: ReplyStats, kind: Literal["chat", "text"]) -> dict[str, Any]:
+    """The extra last chunk of ``stream_options.include_usage``: no choices, the usage."""
+    kind_name = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    return {"id": reply_id, "object": kind_name, "created": int(time.time()), "model": model, "choices": [],
+            "usage": usage(stats)}  # fmt: skip
