@@ -321,6 +321,18 @@ def test_a_client_that_disconnects_frees_its_slot_for_a_waiting_one(one_slot: Se
     assert generated < 600  # the first reply stopped long before its 600 tokens
 
 
+def test_a_client_that_leaves_before_a_plain_reply_is_done_cancels_it(one_slot: ServerProcess) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "what is AI?"}], "max_tokens": 600,
+            "temperature": 0.0}  # fmt: skip
+    cancelled = ("ovchat_requests_total", (("endpoint", "chat"), ("finish", "cancelled")))
+    before = metrics(one_slot).get(cancelled, 0)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+        httpx.post(f"{one_slot.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                   timeout=httpx.Timeout(60, read=1.0))  # fmt: skip
+    wait_for(lambda: metrics(one_slot).get(cancelled, 0) == before + 1, "the reply to be cancelled")
+    assert metrics(one_slot)[("ovchat_requests_active", ())] == 0
+
+
 def test_metrics_parse_and_move(client: openai.OpenAI, server: ServerProcess) -> None:
     before = metrics(server)
     reply = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, **GREEDY_BODY)

@@ -208,6 +208,9 @@ def server_command(
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
         "--n_threads", str(threads), "--n_ctx", "4096", "--model_alias", ir.name,
+        # By default a new request interrupts the one being streamed (its client gets an empty reply);
+        # queued, each client gets its whole reply in turn.
+        "--interrupt_requests", "False",
     ]  # fmt: skip
     return command, "/v1/models"
 
