@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,7 +202,25 @@ def test_four_concurrent_clients_each_get_their_own_reply(client: openai.OpenAI)
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
-    assert together == alone
+    assert set(together) == set(questions)
+    # Greedy replies in a batch of four are not always token for token the ones made alone: the batch
+    # changes the order of float sums, and a near tie can flip (seen once in CI: one of four replies
+    # went its own way after 24 tokens, "in a small cottage" for "in the island"). So the claim is
+    # bounded: each reply is its own question's (it shares far more with its own alone reply than with
+    # any other's), agrees with it for at least half of its length, and any difference is shown.
+    for question, text in together.items():
+        own = common_prefix(text, alone[question])
+        assert all(own > common_prefix(text, alone[other]) for other in questions if other != question), question
+        assert own >= len(alone[question]) // 2, (question, text, alone[question])
+        if text != alone[question]:
+            warnings.warn(f"batched greedy reply differs after {own} characters: {text!r} vs {alone[question]!r}",
+                          stacklevel=1)  # fmt: skip
+
+
+def common_prefix(first: str, second: str) -> int:
+    """How many characters the two texts share from their start."""
+    differ = (index for index, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    return next(differ, min(len(first), len(second)))
 
 
 # -- errors ----------------------------------------------------------------------------------------
