@@ -198,10 +198,13 @@ class ReplyPump:
         self._state.active -= 1
 
     async def next(self) -> Chunk | None:
-        """The next chunk, None at the end; raises the reply's error."""
+        """The next chunk, None at the end; raises the reply's error, one the user can fix (the engine's
+        OvchatError) as a 400."""
         item = await self._queue.get()
         if item is _DONE:
             return None
+        if isinstance(item, OvchatError):
+            raise api.ApiError(400, str(item))
         if isinstance(item, BaseException):
             raise item
         assert isinstance(item, Chunk)
@@ -219,9 +222,6 @@ async def _respond(
         # The first chunk (or error) comes before the status line, so a prompt the engine refuses
         # (too long for the context, too large for the KV cache) is a 400, not an error event.
         first = await pump.next()
-    except OvchatError as error:
-        pump.close()
-        raise api.ApiError(400, str(error)) from None
     except BaseException:
         pump.close()
         raise
@@ -246,10 +246,7 @@ async def _whole_reply(first: Chunk | None, pump: ReplyPump) -> tuple[str, Reply
         if chunk.stats is not None:
             return "".join(parts), chunk.stats
         parts.append(chunk.text)
-        try:
-            chunk = await pump.next()
-        except OvchatError as error:
-            raise api.ApiError(400, str(error)) from None
+        chunk = await pump.next()
     raise api.ApiError(500, "the reply ended without its statistics", kind="server_error")
 
 
@@ -314,8 +311,8 @@ async def _events(
                 if body.include_usage:
                     yield _event(api.usage_chunk(reply_id, model, stats, "chat" if kind == "chat" else "text"))
             chunk = await pump.next()
-    except OvchatError as error:
-        yield _event(api.ApiError(400, str(error)).body)
+    except api.ApiError as error:
+        yield _event(error.body)
     except Exception as error:
         yield _event(api.ApiError(500, f"internal error: {first_line(error)}", kind="server_error").body)
     yield "data: [DONE]\n\n"
