@@ -78,3 +78,10 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         return read_json(folder / MANIFEST) or None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+def source_gguf(folder: Path) -> Path | None:
+    """The GGUF file the export recorded as the folder's source (it may have moved since); None if the
+    folder was made from something else."""
+    source = (read_manifest(folder) or {}).get("source", {})
+    return Path(source["location"]) if source.get("kind") == "gguf" and source.get("location") else None

@@ -31,7 +31,7 @@ from typing import Any
 from ovchat.bench.report import figure, median, ratio, save_figure
 from ovchat.errors import OvchatError
 from ovchat.machine import machine_facts
-from ovchat.model_folder import read_manifest
+from ovchat.model_folder import source_gguf
 
 SERVER_TARGETS: tuple[str, ...] = ("serve", "lock", "llamacpp", "llama-server")
 LLAMA_SERVER_ENV = "OVCHAT_LLAMA_SERVER"
@@ -171,9 +171,9 @@ def _probe_until(probe: Callable[[], None], done: threading.Event, latencies: li
 
 
 def gguf_of(ir: Path) -> Path | None:
-    source = (read_manifest(ir) or {}).get("source", {})
-    location = Path(source.get("location", ""))
-    return location if source.get("kind") == "gguf" and location.is_file() else None
+    """The GGUF file ``ir`` was exported from, if it is still there: what the llama.cpp targets load."""
+    gguf = source_gguf(ir)
+    return gguf if gguf is not None and gguf.is_file() else None
 
 
 def llama_server_binary(given: Path | None) -> Path | None:
@@ -195,8 +195,7 @@ def server_command(
             command += ["--backend", "genai"]
         return command, "/health"
     gguf = gguf_of(ir)
-    if gguf is None:
-        raise OvchatError(f"{ir} was not exported from a GGUF file, so llama.cpp has nothing to load")
+    assert gguf is not None, "unavailable_targets() leaves out the llama.cpp targets without a GGUF"
     if target == "llama-server":
         assert llama_server is not None
         command = [
@@ -216,21 +215,21 @@ def server_command(
 
 
 def unavailable_targets(ir: Path, wanted: Sequence[str], llama_server: Path | None) -> dict[str, str]:
+    """Why each wanted target that cannot run here is left out."""
     notes = {}
-    if "llama-server" in wanted:
-        if llama_server is None:
-            notes["llama-server"] = (
-                f"no llama-server binary: pass --llama-server PATH or set {LLAMA_SERVER_ENV} (README, Performance)"
-            )
-        elif gguf_of(ir) is None:
-            notes["llama-server"] = f"{ir} was not exported from a GGUF file, so llama.cpp has nothing to load"
+    if "llama-server" in wanted and llama_server is None:
+        notes["llama-server"] = (
+            f"no llama-server binary: pass --llama-server PATH or set {LLAMA_SERVER_ENV} (README, Performance)"
+        )
     if "llamacpp" in wanted:
         try:
             import llama_cpp.server  # noqa: F401
         except ImportError:
             notes["llamacpp"] = "llama-cpp-python[server] is not installed (pip install -e '.[bench]')"
-        if gguf_of(ir) is None:
-            notes["llamacpp"] = f"{ir} was not exported from a GGUF file, so llama.cpp has nothing to load"
+    if gguf_of(ir) is None:
+        for target in ("llama-server", "llamacpp"):
+            if target in wanted:
+                notes[target] = f"{ir} was not exported from a GGUF file, so llama.cpp has nothing to load"
     return notes
 
 

@@ -22,7 +22,7 @@ from ovchat.bench.runners import ENGINE_NAMES, parse_ov_config
 from ovchat.bench.workers import Worker, WorkerPool, safe_name
 from ovchat.errors import OvchatError
 from ovchat.machine import machine_facts
-from ovchat.model_folder import is_complete, read_manifest
+from ovchat.model_folder import is_complete, read_manifest, source_gguf
 from ovchat.paths import cache_dir
 
 RATIO_BASE = "llamacpp"
@@ -172,8 +172,7 @@ def plan_bench(
     unknown = [name for name in wanted if name not in ENGINE_NAMES]
     if unknown:
         raise OvchatError(f"unknown engine {unknown[0]!r}; choose from {', '.join(ENGINE_NAMES)}")
-    source = (read_manifest(ir) or {}).get("source", {})
-    gguf = Path(source["location"]) if source.get("kind") == "gguf" else None
+    gguf = source_gguf(ir)
     notes: dict[str, str] = {}
     if "llamacpp" in wanted:
         try:
