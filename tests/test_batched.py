@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from concurrently import at_once
 
 from ovchat import Engine, GenerationSettings, OvchatError
 from ovchat.engine import Chunk
@@ -50,18 +51,7 @@ def test_greedy_replies_equal_the_genai_loops(tiny_irs: dict[str, Path], alone: 
 
 def test_four_concurrent_callers_each_get_their_own_reply(batched: Engine, alone: dict) -> None:
     assert len({reply[0] for reply in alone.values()}) == len(PROMPTS)  # otherwise mixing could not be seen
-    together: dict[str, list[Chunk]] = {}
-    start = threading.Barrier(len(PROMPTS))
-
-    def ask(text: str) -> None:
-        start.wait()
-        together[text] = list(batched.stream(chat(text), GREEDY))
-
-    threads = [threading.Thread(target=ask, args=(text,)) for text in PROMPTS]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    together: dict[str, list[Chunk]] = at_once(lambda text: list(batched.stream(chat(text), GREEDY)), PROMPTS, 120)
     assert set(together) == set(PROMPTS)
     for text, chunks in together.items():
         final = chunks[-1].stats

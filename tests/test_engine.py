@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from concurrently import at_once
 from fakes import ScriptedBackend
 
 from ovchat.engine import Engine, available_devices
@@ -80,18 +81,7 @@ def test_two_threads_streaming_at_once_get_their_own_replies(engine: Engine) -> 
     settings = GREEDY.with_changes(max_new_tokens=40)
     alone = {name: engine.generate(messages, settings) for name, messages in prompts.items()}
     assert alone["a"].text != alone["b"].text  # otherwise mixing could not be seen
-    together: dict[str, list] = {}
-    start = threading.Barrier(2)
-
-    def chat(name: str) -> None:
-        start.wait()
-        together[name] = list(engine.stream(prompts[name], settings))
-
-    threads = [threading.Thread(target=chat, args=(name,)) for name in prompts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    together = at_once(lambda name: list(engine.stream(prompts[name], settings)), prompts, 120)
     for name, chunks in together.items():
         final = chunks[-1]
         assert "".join(c.text for c in chunks[:-1]) == alone[name].text

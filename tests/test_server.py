@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from concurrently import at_once
 from prometheus_client.parser import text_string_to_metric_families
 
 from ovchat import Engine, GenerationSettings
@@ -190,18 +191,7 @@ def test_four_concurrent_clients_each_get_their_own_reply(client: openai.OpenAI)
 
     alone = {question: ask(question) for question in questions}
     assert len(set(alone.values())) == len(questions)  # otherwise a mix-up could not be seen
-    together: dict[str, str] = {}
-    start = threading.Barrier(len(questions))
-
-    def ask_together(question: str) -> None:
-        start.wait()
-        together[question] = ask(question)
-
-    threads = [threading.Thread(target=ask_together, args=(question,)) for question in questions]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
+    together = at_once(ask, questions, 300)
     assert set(together) == set(questions)
     # Greedy replies in a batch of four are not always token for token the ones made alone: the batch
     # changes the order of float sums, and a near tie can flip (seen once in CI: one of four replies
