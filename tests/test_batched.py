@@ -1,8 +1,12 @@
 """The continuous-batching backend on the tiny model: the genai loop's greedy replies, concurrent callers each
-getting their own reply, a stopped caller freeing its slot, a request too large for the KV cache."""
+getting their own reply, a stopped caller freeing its slot, a request too large for the KV cache; with the
+scheduler in its own process (the default) and in a thread, and what happens when that process dies."""
 
 from __future__ import annotations
 
+import gc
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,25 +25,23 @@ def chat(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-@pytest.fixture(scope="module")
-def batched(tiny_irs: dict[str, Path]) -> Engine:
-    return Engine.load(tiny_irs["fp16"], use_cache_dir=False, backend="batched")
+@pytest.fixture(scope="module", params=["process", "thread"])
+def batched(tiny_irs: dict[str, Path], request: pytest.FixtureRequest) -> Engine:
+    loop = {"batch_loop": request.param}
+    return Engine.load(tiny_irs["fp16"], use_cache_dir=False, backend="batched", ov_config=loop)
 
 
 @pytest.fixture(scope="module")
-def alone(batched: Engine) -> dict[str, tuple[str, int, str]]:
-    """Each prompt's greedy reply with no other caller: text, new tokens, finish reason."""
-    replies = {text: batched.generate(chat(text), GREEDY) for text in PROMPTS}
+def alone(tiny_irs: dict[str, Path]) -> dict[str, tuple[str, int, str]]:
+    """Each prompt's greedy reply with no other caller, from the default batched engine: text, new
+    tokens, finish reason."""
+    engine = Engine.load(tiny_irs["fp16"], use_cache_dir=False, backend="batched")
+    replies = {text: engine.generate(chat(text), GREEDY) for text in PROMPTS}
     return {text: (r.text, r.stats.new_tokens, r.stats.finish_reason) for text, r in replies.items()}
 
 
 def small_engine(folder: Path, **limits: int) -> Engine:
-    import openvino_genai
-
-    scheduler = openvino_genai.SchedulerConfig()
-    for name, value in limits.items():
-        setattr(scheduler, name, value)
-    return Engine.load(folder, use_cache_dir=False, backend="batched", ov_config={"scheduler_config": scheduler})
+    return Engine.load(folder, use_cache_dir=False, backend="batched", ov_config={"scheduler": limits})
 
 
 def test_greedy_replies_equal_the_genai_loops(tiny_irs: dict[str, Path], alone: dict) -> None:
@@ -139,7 +141,7 @@ def test_a_request_larger_than_the_kv_cache_is_a_clear_error(tiny_irs: dict[str,
 
 
 def test_the_kv_cache_is_sized_from_the_model_and_the_free_memory() -> None:
-    from ovchat.engine.backends.batched import kv_bytes_per_token, scheduler_config
+    from ovchat.engine.backends.batch_scheduler import kv_bytes_per_token, scheduler_config
 
     # SmolLM2-135M's shape: 30 layers, 3 KV heads of 64.
     smollm = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
@@ -149,3 +151,46 @@ def test_the_kv_cache_is_sized_from_the_model_and_the_free_memory() -> None:
     assert roomy.max_num_seqs == 8 and roomy.enable_prefix_caching and roomy.dynamic_split_fuse
     tight = scheduler_config({**smollm, "max_position_embeddings": 131072}, available_bytes=4 * 2**30)
     assert tight.cache_size == 1  # a quarter of 4 GB, never less than 1 GB
+
+
+def test_a_script_without_a_main_guard_loads_the_batched_engine(
+    tiny_irs: dict[str, Path], alone: dict, tmp_path: Path
+) -> None:
+    """multiprocessing's spawn would re-import this script in the scheduler's process and fail."""
+    script = tmp_path / "ask.py"
+    script.write_text(
+        "from ovchat import Engine, GenerationSettings\n"
+        f"engine = Engine.load({str(tiny_irs['fp16'])!r}, use_cache_dir=False, backend='batched')\n"
+        "reply = engine.generate([{'role': 'user', 'content': 'Hello there'}], "
+        "GenerationSettings(max_new_tokens=40, temperature=0.0, repetition_penalty=1.0))\n"
+        "print(repr(reply.text))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == repr(alone[PROMPTS[0]][0])
+
+
+def test_a_killed_scheduler_process_gives_every_caller_a_clear_error(tiny_irs: dict[str, Path]) -> None:
+    engine = Engine.load(tiny_irs["fp16"], use_cache_dir=False, backend="batched")
+    stream = engine.stream(chat(PROMPTS[0]), GREEDY.with_changes(max_new_tokens=400))
+    assert next(stream).text
+    engine.backend.loop.process.kill()
+    with pytest.raises(OvchatError, match=r"scheduler process ended \(exit code -9\); reload the model"):
+        list(stream)
+    with pytest.raises(OvchatError, match=r"scheduler process ended \(exit code -9\); reload the model"):
+        engine.generate(chat(PROMPTS[1]), GREEDY)
+
+
+def test_a_dropped_engine_ends_its_scheduler_process(tiny_irs: dict[str, Path]) -> None:
+    """The page drops an engine when another model is picked: its process and memory go with it."""
+    engine = Engine.load(tiny_irs["fp16"], use_cache_dir=False, backend="batched")
+    engine.generate(chat(PROMPTS[0]), GREEDY)
+    process = engine.backend.loop.process
+    del engine
+    gc.collect()
+    assert process.wait(timeout=60) == 0
+
+
+def test_a_bad_scheduler_setting_is_a_clear_error_from_the_child(tiny_irs: dict[str, Path]) -> None:
+    with pytest.raises(OvchatError, match="the scheduler has no setting 'max_sequences'"):
+        small_engine(tiny_irs["fp16"], max_sequences=4)

@@ -49,7 +49,7 @@ def test_a_targets_summary_compares_each_level_with_one_client() -> None:
 def test_goals_say_met_not_met_or_not_measured() -> None:
     serve = summarize_target({1: [level_run(1, 50.0, [0.1])], 4: [level_run(4, 120.0, [0.1, 0.1, 0.1, 0.3])]})
     lock = summarize_target({1: [level_run(1, 52.0, [0.1])], 4: [level_run(4, 50.0, [0.1, 0.9, 1.8, 2.7])]})
-    goals = {goal["goal"]: goal for goal in goals_of({"serve": serve, "llamacpp": lock})}
+    goals = {goal["goal"]: goal for goal in goals_of({"serve": serve, "serve-thread": lock, "llamacpp": lock})}
     throughput = next(goal for name, goal in goals.items() if "aggregate tok/s at least 2x" in name)
     assert throughput["ratio"] == pytest.approx(120 / 50) and throughput["met"] is True
     ttft = next(goal for name, goal in goals.items() if "TTFT at most 2x" in name)
@@ -58,6 +58,8 @@ def test_goals_say_met_not_met_or_not_measured() -> None:
     assert above["ratio"] == pytest.approx(120 / 50) and above["met"] is True
     in_process = next(goal for name, goal in goals.items() if "in-process" in name)
     assert in_process["ratio"] is None and in_process["met"] is None
+    responsive = next(goal for name, goal in goals.items() if "API latency" in name)
+    assert responsive["ratio"] == pytest.approx(1.0) and responsive["met"] is False  # equal is not below
 
 
 def bench(home: Path, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -86,15 +88,17 @@ def test_concurrency_flag_errors_are_one_line(
 
 
 @pytest.mark.slow
-def test_the_concurrency_bench_runs_serve_the_lock_and_the_engine(default_model_ir: Path, tmp_path: Path) -> None:
+def test_the_concurrency_bench_runs_both_serve_loops_the_lock_and_the_engine(
+    default_model_ir: Path, tmp_path: Path
+) -> None:
     report_path, chart = tmp_path / "concurrency.json", tmp_path / "concurrency.png"
     result = bench(
         tmp_path / "home", "--model", str(default_model_ir), "--concurrency", "1,2", "--quick",
-        "--engines", "serve,lock,in-process", "--report", str(report_path), "--plot", str(chart),
+        "--engines", "serve,serve-thread,lock,in-process", "--report", str(report_path), "--plot", str(chart),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
-    assert list(report["targets"]) == ["serve", "lock", "in-process"]
+    assert list(report["targets"]) == ["serve", "serve-thread", "lock", "in-process"]
     for target, levels in report["targets"].items():
         assert list(levels) == ["1", "2"], target
         for level, figures in levels.items():

@@ -18,7 +18,7 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument(
         "--engines",
         help="comma-separated subset of ovchat,optimum,genai,llamacpp,pytorch; with --concurrency, of "
-        "serve,lock,llamacpp,llama-server,in-process",
+        "serve,serve-thread,lock,llamacpp,llama-server,in-process",
     )
     bench.add_argument(
         "--variant", action="append", metavar="NAME:KEY=VALUE[,KEY=VALUE]",

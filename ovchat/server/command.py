@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ovchat.engine.backends import BATCH_LOOP_OPTION, BATCH_LOOPS, DEFAULT_BATCH_LOOP, SCHEDULER_OPTION
 from ovchat.errors import OvchatError
 from ovchat.server import DEFAULT_MAX_REQUESTS
 
@@ -32,6 +33,12 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
         help="replies the batched loop generates at once; more wait their turn (default: the loop's own)",
     )
     serve.add_argument(
+        "--batch-loop",
+        choices=BATCH_LOOPS,
+        help="where the batched loop steps the model: its own process, or a thread of the server's "
+        f"(default: {DEFAULT_BATCH_LOOP}; a thread keeps Python's lock during each step)",
+    )
+    serve.add_argument(
         "--max-requests",
         type=int,
         default=DEFAULT_MAX_REQUESTS,
@@ -41,15 +48,18 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any] | None:
     """OpenVINO and scheduler options for the engine the server loads."""
-    from ovchat.engine.backends.batched import MAX_NUM_SEQS_OPTION
-
-    if args.parallel is None:
-        return None
-    if args.backend != "batched":
-        raise OvchatError(f"--parallel sets the batched loop's replies at once; the {args.backend} loop makes one")
-    if args.parallel < 1:
-        raise OvchatError(f"--parallel must be at least 1, not {args.parallel}")
-    return {MAX_NUM_SEQS_OPTION: args.parallel}
+    options: dict[str, Any] = {}
+    if args.parallel is not None:
+        if args.parallel < 1:
+            raise OvchatError(f"--parallel must be at least 1, not {args.parallel}")
+        options[SCHEDULER_OPTION] = {"max_num_seqs": args.parallel}
+    if args.batch_loop is not None:
+        options[BATCH_LOOP_OPTION] = args.batch_loop
+    if options and args.backend != "batched":
+        given = (("--parallel", args.parallel), ("--batch-loop", args.batch_loop))
+        flags = " and ".join(flag for flag, value in given if value is not None)
+        raise OvchatError(f"{flags} set the batched loop; the {args.backend} loop makes one reply at a time")
+    return options or None
 
 
 def is_loopback(host: str) -> bool:

@@ -99,6 +99,15 @@ BACKENDS: tuple[str, ...] = tuple(BACKEND_LOADERS)
 # (README, "How a reply is made"). genai and optimum stay selectable; both run one reply at a time.
 DEFAULT_BACKEND = "batched"
 
+# The batched loader's own options, passed along with OpenVINO's properties (Engine.load's
+# ov_config): where its scheduler runs, and SchedulerConfig fields by name over the sized ones
+# (`ovchat serve --parallel N` sets {"max_num_seqs": N}). Defined here, not in the batched module,
+# so that reading flags does not import openvino-genai.
+BATCH_LOOP_OPTION = "batch_loop"
+SCHEDULER_OPTION = "scheduler"
+BATCH_LOOPS: tuple[str, ...] = ("process", "thread")
+DEFAULT_BATCH_LOOP = "process"
+
 
 def backend_loader(name: str) -> BackendLoader:
     if name not in BACKEND_LOADERS:

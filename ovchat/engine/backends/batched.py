@@ -1,237 +1,282 @@
 """openvino-genai's ContinuousBatchingPipeline: every caller's reply advances in the same steps.
 
-One scheduler thread owns the pipeline: it adds the requests callers hand in, runs ``step()``
-while any is unfinished, and passes each request's new token ids to the caller's thread, which
-waits in :meth:`BatchedBackend.generate`. Handles are read only when ``can_read()`` says a token
-is there (``read()`` blocks and keeps the GIL). A caller that stops (cancel, a stop string, a
-closed tab or HTTP client) stops its handle, and its slot is free at the next step.
+One :class:`~ovchat.engine.backends.batch_scheduler.Scheduler` owns the pipeline and steps it while
+any reply is unfinished; each caller's thread waits in :meth:`BatchedBackend.generate` for its own
+reply's token ids. A caller that stops (cancel, a stop string, a closed tab or HTTP client) sends a
+stop, and its slot is free at the next step.
 
-Measured on the default model (2 threads): 1, 2 and 4 sequences decoded 63, 88 and 135 tok/s in
-all, and a Python thread kept running while ``step()`` ran, so the loop lives in a thread.
+The scheduler runs in a child process by default (``batch_loop="process"``), or in a thread of this
+process (``"thread"``). ``step()`` keeps the GIL for a whole inference: with the loop in a thread,
+a Python thread that wanted to run every millisecond waited 21 ms (one step) at the median with one
+reply running and up to 490 ms with eight, so a web server's threads stall while replies generate.
+In its own process the loop holds no lock of ours; the tokenizer and the detokenizer stay here, and
+only token ids cross the pipe (figures in README, "Many clients at once").
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import itertools
-import math
+import os
 import queue
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import openvino_genai
 
-from ovchat.engine.backends import GenerationRequest, OnTokens, ShouldStop
-from ovchat.engine.backends.genai import GenaiPipelineBackend, generation_config, prompt_tensor
+from ovchat.engine.backends import (
+    BATCH_LOOP_OPTION,
+    BATCH_LOOPS,
+    DEFAULT_BATCH_LOOP,
+    SCHEDULER_OPTION,
+    GenerationRequest,
+    OnTokens,
+    ShouldStop,
+    batch_scheduler,
+)
+from ovchat.engine.backends.batch_scheduler import (
+    IDLE,
+    SHUTDOWN,
+    BatchedMetrics,
+    Item,
+    Job,
+    Scheduler,
+    Stop,
+    load_pipeline,
+)
+from ovchat.engine.backends.genai import GenaiPipelineBackend
 from ovchat.errors import OvchatError
-from ovchat.model_folder import model_context_length, read_model_configs
 
-# Replies that advance together. On 2 CPU cores each step's cost grows with the batch, so more
-# would slow every reply for little more throughput; a GPU or a larger CPU wants more.
-DEFAULT_MAX_NUM_SEQS = 8
-MAX_NUM_SEQS_OPTION = "max_num_seqs"
-# The KV cache may take at most this share of the memory available when the model loads.
-KV_CACHE_MEMORY_SHARE = 0.25
-# Tokens of context the cache is sized for per sequence, at most (a 128k-context model would
-# otherwise ask for the whole machine).
-KV_CACHE_CONTEXT_CAP = 8192
 # How often a waiting caller looks at its stop flag when no token came.
 _POLL_SECONDS = 0.05
-_RUNNING = openvino_genai.GenerationStatus.RUNNING
-_IGNORED = openvino_genai.GenerationStatus.IGNORED
+# A child that has not loaded the model in this long is taken for hung.
+_CHILD_LOAD_TIMEOUT_S = 900.0
 
 
-def kv_bytes_per_token(config: Mapping[str, Any]) -> int:
-    """Keys and values of one token in every layer, at 2 bytes a value (the CPU's u8 cache needs less)."""
-    layers = int(config.get("num_hidden_layers") or 1)
-    heads = int(config.get("num_attention_heads") or 1)
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or int(config.get("hidden_size") or 64) // heads)
-    return 2 * layers * kv_heads * head_dim * 2
+Deliver = Callable[[list[tuple[int, Item]], BatchedMetrics], None]
+Fail = Callable[[OvchatError], None]
 
 
-def scheduler_config(config: Mapping[str, Any], available_bytes: int, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS) -> Any:
-    """A SchedulerConfig sized for ``max_num_seqs`` replies of the model's context (capped), within a share
-    of the available memory; prefix caching on, so a chat's next turn reads only its new message."""
-    context = min(model_context_length(config), KV_CACHE_CONTEXT_CAP)
-    wanted = max_num_seqs * context * kv_bytes_per_token(config)
-    allowed = available_bytes * KV_CACHE_MEMORY_SHARE
-    scheduler = openvino_genai.SchedulerConfig()
-    scheduler.cache_size = max(1, math.ceil(min(wanted, allowed) / 2**30))  # GB, a whole number
-    scheduler.max_num_seqs = max_num_seqs
-    scheduler.dynamic_split_fuse = True  # long prompts are read in chunks between other replies' tokens
-    scheduler.enable_prefix_caching = True
-    return scheduler
+def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+    """A bound method that does not keep its object alive: a backend nobody uses any more is
+    collected, and its finalizer ends the scheduler (the page drops an engine when another model is
+    picked), though the scheduler's thread still holds what calls it."""
+    reference = weakref.WeakMethod(method)  # type: ignore[arg-type]
+
+    def call(*args: Any) -> None:
+        target = reference()
+        if target is not None:
+            target(*args)
+
+    return call
 
 
-@dataclass(frozen=True)
-class BatchedMetrics:
-    running: int
-    waiting: int
-    cache_usage_percent: float
+class _ThreadLoop:
+    """The scheduler in a thread of this process."""
+
+    def __init__(self, folder: Path, device: str, options: dict[str, Any], scheduler: dict[str, Any]) -> None:
+        self.pipeline, self.max_running = load_pipeline(folder, device, options, scheduler)
+        self._inbox: queue.Queue[Any] = queue.Queue()
+
+    def tokenizer(self) -> Any:
+        return self.pipeline.get_tokenizer()
+
+    def start(self, deliver: Deliver, fail: Fail) -> None:
+        loop = Scheduler(self.pipeline, self.max_running)
+        thread = threading.Thread(target=loop.run, args=(self._inbox, deliver), name="ovchat-scheduler", daemon=True)
+        thread.start()
+
+    def send(self, message: Job | Stop | str) -> None:
+        self._inbox.put(message)
+
+    def close(self) -> None:
+        self._inbox.put(SHUTDOWN)
 
 
-@dataclass(eq=False)
-class _Job:
-    """One request in flight: what the caller handed in, and what the scheduler hands back."""
+class _ChildLoop:
+    """The scheduler in a child process: messages go down a socket pair, reports come back up it
+    to a reader thread here. A fresh interpreter, not multiprocessing: its spawn re-imports the
+    caller's main script, which fails in any script without an ``if __name__ == "__main__"`` guard."""
 
-    request_id: int
-    prompt: Any
-    config: Any
-    tokens: queue.Queue[list[int] | BaseException | None] = field(default_factory=queue.Queue)
-    handle: Any = None
-    stopped: threading.Event = field(default_factory=threading.Event)
-    unstreamed: bool = False  # run by the pipeline's own C++ loop, whole (the bench's reference)
+    def __init__(self, folder: Path, device: str, options: dict[str, Any], scheduler: dict[str, Any]) -> None:
+        self.folder = folder
+        self._socket, theirs = socket.socketpair()
+        # ovchat is importable in the child even when this process found it through its own sys.path.
+        package_root = str(Path(__file__).resolve().parents[3])
+        python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        entry = f"from {batch_scheduler.__name__} import child_main; child_main()"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", entry, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env={**os.environ, "PYTHONPATH": python_path},
+        )
+        theirs.close()
+        self._connection = Connection(os.dup(self._socket.fileno()))
+        self._sending = threading.Lock()  # callers' threads send; the pipe takes one message at a time
+        try:
+            self._connection.send((folder, device, options, scheduler))
+            self.max_running = self._await_load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _await_load(self) -> int:
+        if not self._connection.poll(_CHILD_LOAD_TIMEOUT_S):
+            raise OvchatError(
+                f"the model's scheduler process did not load {self.folder} in {_CHILD_LOAD_TIMEOUT_S:.0f} s"
+            )
+        try:
+            status, detail = self._connection.recv()
+        except EOFError:
+            raise OvchatError(f"the model's scheduler process ended while loading ({self._ended()})") from None
+        if status == "failed":
+            raise OvchatError(detail)
+        return int(detail)
+
+    def _ended(self) -> str:
+        try:
+            return f"exit code {self.process.wait(5)}"
+        except subprocess.TimeoutExpired:
+            return "it does not answer"
+
+    def tokenizer(self) -> Any:
+        return openvino_genai.Tokenizer(str(self.folder))
+
+    def start(self, deliver: Deliver, fail: Fail) -> None:
+        reader = threading.Thread(target=self._receive, args=(deliver, fail), name="ovchat-scheduler-reader")
+        reader.daemon = True
+        reader.start()
+
+    def _receive(self, deliver: Deliver, fail: Fail) -> None:
+        while True:
+            try:
+                events, metrics = self._connection.recv()
+            except (EOFError, OSError):
+                fail(OvchatError(f"the model's scheduler process ended ({self._ended()}); reload the model"))
+                return
+            deliver(events, metrics)
+
+    def send(self, message: Job | Stop | str) -> None:
+        try:
+            with self._sending:
+                self._connection.send(message)
+        except (OSError, ValueError):  # the child has gone, or the pipe is closed
+            raise OvchatError("the model's scheduler process has ended; reload the model") from None
+
+    def close(self) -> None:
+        # Both ends see the socket close: the child's reader ends its loop, ours ends its thread.
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 class BatchedBackend(GenaiPipelineBackend):
-    """One ContinuousBatchingPipeline behind the Backend protocol; any number of callers at once."""
+    """One ContinuousBatchingPipeline behind the Backend protocol; any number of callers at once.
 
-    def __init__(self, pipeline: Any, folder: Path, max_running: int = DEFAULT_MAX_NUM_SEQS) -> None:
-        super().__init__(pipeline, folder)
-        # The pipeline's scheduler does not hold to max_num_seqs with dynamic split-fuse on (two
-        # requests ran together with max_num_seqs=1 in openvino-genai 2026.4), so the limit is kept
-        # here: at most max_running requests are in the pipeline, the rest wait in order.
-        self.max_running = max_running
-        self.running_count = 0
-        self.waiting_count = 0
+    Callers hand the scheduler messages through ``loop.send``; its reports come back through
+    :meth:`_deliver`, whichever side of a pipe it runs on."""
+
+    def __init__(self, loop: _ThreadLoop | _ChildLoop, folder: Path) -> None:
+        super().__init__(loop.tokenizer(), folder)
+        self.loop = loop
         self._ids = itertools.count()
-        self._inbox: queue.Queue[_Job] = queue.Queue()
-        self._loop = threading.Thread(target=self._schedule, name="ovchat-scheduler", daemon=True)
-        self._loop.start()
+        self._replies: dict[int, queue.Queue[Item]] = {}
+        self._replies_lock = threading.Lock()
+        self._metrics = IDLE
+        self._broken: OvchatError | None = None
+        self.close = weakref.finalize(self, loop.close)
+        loop.start(_weakly(self._deliver), _weakly(self._fail_all))
 
     @classmethod
     def load(cls, folder: Path, device: str, properties: dict[str, Any]) -> BatchedBackend:
-        import psutil
-
         options = dict(properties)
-        options.pop("ATTENTION_BACKEND", None)  # continuous batching is PagedAttention
-        # ovchat's own options ride along with OpenVINO's properties: a whole SchedulerConfig, or the
-        # number of replies at once (`ovchat serve --parallel`) for a scheduler sized as usual.
-        max_num_seqs = int(options.pop(MAX_NUM_SEQS_OPTION, DEFAULT_MAX_NUM_SEQS))
-        scheduler = options.pop("scheduler_config", None) or scheduler_config(
-            read_model_configs(folder)[0], psutil.virtual_memory().available, max_num_seqs
-        )
-        pipeline = openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, device, options)
-        return cls(pipeline, folder, scheduler.max_num_seqs)
+        where = options.pop(BATCH_LOOP_OPTION, DEFAULT_BATCH_LOOP)
+        scheduler = dict(options.pop(SCHEDULER_OPTION, None) or {})
+        if where not in BATCH_LOOPS:
+            raise OvchatError(f"unknown batch loop {where!r}; choose one of {', '.join(BATCH_LOOPS)}")
+        loop = _ThreadLoop if where == "thread" else _ChildLoop
+        return cls(loop(folder, device, options, scheduler), folder)
+
+    def _deliver(self, events: list[tuple[int, Item]], metrics: BatchedMetrics) -> None:
+        self._metrics = metrics
+        with self._replies_lock:
+            for request_id, item in events:
+                reply = self._replies.get(request_id)
+                if reply is None:
+                    continue  # its caller has left
+                reply.put(item)
+                if not isinstance(item, list):
+                    del self._replies[request_id]
+
+    def _fail_all(self, error: OvchatError) -> None:
+        with self._replies_lock:
+            self._broken = error
+            for reply in self._replies.values():
+                reply.put(error)
+            self._replies.clear()
+        self._metrics = IDLE
 
     def metrics(self) -> BatchedMetrics:
-        """Requests generating and waiting (here or in the pipeline), and the KV cache's use."""
-        figures = self.pipeline.get_metrics()
-        unscheduled = max(0, figures.requests - figures.scheduled_requests)
-        return BatchedMetrics(
-            running=self.running_count - unscheduled,
-            waiting=self.waiting_count + unscheduled,
-            cache_usage_percent=figures.cache_usage,
-        )
+        """Requests generating and waiting, and the KV cache's use, as of the scheduler's last step."""
+        return self._metrics
+
+    def _submit(self, request: GenerationRequest, unstreamed: bool = False) -> tuple[int, queue.Queue[Item]]:
+        job = Job(next(self._ids), request.prompt_ids, request.settings, request.end_token_ids, unstreamed)
+        reply: queue.Queue[Item] = queue.Queue()
+        with self._replies_lock:
+            if self._broken is not None:
+                raise self._broken
+            self._replies[job.request_id] = reply
+        self.loop.send(job)
+        return job.request_id, reply
 
     def generate_unstreamed(self, request: GenerationRequest) -> list[int]:
         """The whole reply from the pipeline's own C++ loop, with no Python per step; run when no other
         reply is, as the bench's reference for what stepping and streaming in Python cost."""
-        job = self._job(request)
-        job.unstreamed = True
-        self._inbox.put(job)
-        item = job.tokens.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item or []
-
-    def _job(self, request: GenerationRequest) -> _Job:
-        config = generation_config(request.settings, request.end_token_ids)
-        return _Job(next(self._ids), prompt_tensor(request.prompt_ids), config)
+        _, reply = self._submit(request, unstreamed=True)
+        ids: list[int] = []
+        while (item := reply.get()) is not None:
+            if isinstance(item, OvchatError):
+                raise item
+            ids += item
+        return ids
 
     def generate(self, request: GenerationRequest, on_tokens: OnTokens, should_stop: ShouldStop) -> None:
-        job = self._job(request)
         if should_stop():
             return
-        self._inbox.put(job)
+        request_id, reply = self._submit(request)
+        stop_sent = False
         try:
             while True:
                 try:
-                    item = job.tokens.get(timeout=_POLL_SECONDS)
+                    item = reply.get(timeout=_POLL_SECONDS)
                 except queue.Empty:
-                    if should_stop():
-                        job.stopped.set()  # the scheduler stops the handle at its next turn
-                    continue
+                    item = []
                 if item is None:
                     return
-                if isinstance(item, BaseException):
+                if isinstance(item, OvchatError):
                     raise item
-                on_tokens(item)
-                if should_stop():
-                    job.stopped.set()
+                if item:
+                    on_tokens(item)
+                if not stop_sent and should_stop():
+                    self._stop(request_id)  # the handle stops at the scheduler's next turn
+                    stop_sent = True
         finally:
-            job.stopped.set()  # whatever ended this call, the slot is freed (a no-op for a finished reply)
+            with self._replies_lock:
+                unfinished = self._replies.pop(request_id, None) is not None
+            if unfinished and not stop_sent:  # the caller went away (an error, a closed consumer)
+                self._stop(request_id)
 
-    # -- the scheduler thread -------------------------------------------------------------
-
-    def _schedule(self) -> None:
-        running: dict[int, _Job] = {}
-        waiting: collections.deque[_Job] = collections.deque()  # in order of arrival, for a free slot
-        deferred: list[_Job] = []  # unstreamed jobs wait until no reply is running
-        while True:
-            # Block for work when idle; otherwise take what arrived since the last step.
-            jobs = [self._inbox.get()] if not running and not deferred and not waiting else []
-            while not self._inbox.empty():
-                jobs.append(self._inbox.get_nowait())
-            deferred += [job for job in jobs if job.unstreamed]
-            waiting.extend(job for job in jobs if not job.unstreamed)
-            for job in [job for job in waiting if job.stopped.is_set()]:  # its caller left while it waited
-                waiting.remove(job)
-                job.tokens.put(None)
-            if deferred and not running and not waiting:
-                self._run_unstreamed(deferred.pop(0))
-                continue
-            while waiting and len(running) < self.max_running:
-                job = waiting.popleft()
-                try:
-                    job.handle = self.pipeline.add_request(job.request_id, job.prompt, job.config)
-                    running[job.request_id] = job
-                except Exception as error:
-                    job.tokens.put(OvchatError(f"the model could not take the request: {error}"))
-            self.running_count, self.waiting_count = len(running), len(waiting)
-            try:
-                if running:
-                    self.pipeline.step()
-            except Exception as error:
-                for job in running.values():
-                    job.tokens.put(error)
-                running.clear()
-                continue
-            for request_id, job in list(running.items()):
-                try:
-                    over = self._pass_tokens(job)
-                except Exception as error:  # one broken handle must not stop the other replies
-                    job.tokens.put(error)
-                    over = True
-                if over:
-                    del running[request_id]
-
-    def _run_unstreamed(self, job: _Job) -> None:
-        try:
-            results = self.pipeline.generate([job.prompt], [job.config])
-            job.tokens.put(list(results[0].m_generation_ids[0]))
-        except Exception as error:
-            job.tokens.put(error)
-
-    def _pass_tokens(self, job: _Job) -> bool:
-        """Hand the job's new tokens to its caller; true when the job is over."""
-        if job.stopped.is_set():
-            job.handle.stop()
-        while job.handle.can_read():
-            for output in job.handle.read().values():
-                if output.generated_ids:
-                    job.tokens.put(list(output.generated_ids))
-        status = job.handle.get_status()
-        if status == _RUNNING:
-            return False
-        if status == _IGNORED:
-            job.tokens.put(
-                OvchatError("the reply does not fit the model's KV cache now; shorten the chat or try again")
-            )
-        else:
-            job.tokens.put(None)
-        return True
+    def _stop(self, request_id: int) -> None:
+        with contextlib.suppress(OvchatError):  # no scheduler left to stop it: nothing is generating
+            self.loop.send(Stop(request_id))

@@ -69,23 +69,24 @@ class _TokenStreamer(openvino_genai.StreamerBase):
 
 
 class GenaiPipelineBackend:
-    """What the openvino-genai backends share: the pipeline's own tokenizer and detokenizer (no
+    """What the openvino-genai backends share: openvino-genai's tokenizer and detokenizer (no
     transformers), and the model's configs read as JSON."""
 
-    def __init__(self, pipeline: Any, folder: Path) -> None:
-        self.pipeline = pipeline
-        self.tokenizer = GenaiTokenizer(pipeline.get_tokenizer(), folder)
+    def __init__(self, tokenizer: Any, folder: Path) -> None:
+        self._genai_tokenizer = tokenizer  # an openvino_genai.Tokenizer
+        self.tokenizer = GenaiTokenizer(tokenizer, folder)
         self.model_config, self.generation_config = read_model_configs(folder)
 
     def detokenizer(self) -> GenaiDetokenizer:
-        return GenaiDetokenizer(self.pipeline.get_tokenizer())
+        return GenaiDetokenizer(self._genai_tokenizer)
 
 
 class GenaiBackend(GenaiPipelineBackend):
     """One LLMPipeline; it runs one generation at a time, so callers take turns."""
 
     def __init__(self, pipeline: Any, folder: Path) -> None:
-        super().__init__(pipeline, folder)
+        super().__init__(pipeline.get_tokenizer(), folder)
+        self.pipeline = pipeline
         self._turn = threading.Lock()
 
     @classmethod
