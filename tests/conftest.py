@@ -86,15 +86,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_irs(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny model exported once per session in each weight format."""
-    from ovchat.export import WEIGHT_FORMATS, ExportOptions, export_model
+    """The tiny model (a checkpoint, not a GGUF) exported once per session in each weight format it can take."""
+    from ovchat.export import CONVERTED_WEIGHT_FORMATS, ExportOptions, export_model
 
     root = tmp_path_factory.mktemp("tiny-irs")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(HOME_ENV, str(root / "home"))
         return {
             fmt: export_model(str(tiny_checkpoint), root / fmt, ExportOptions(weight_format=fmt)).path
-            for fmt in WEIGHT_FORMATS
+            for fmt in CONVERTED_WEIGHT_FORMATS
         }
 
 
@@ -114,6 +114,19 @@ def default_model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def default_model_ir(default_model_home: Path) -> Path:
     return default_model_home / "models" / "SmolLM2-135M-Instruct-int8"
+
+
+@pytest.fixture(scope="session")
+def default_model_kept_ir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model's GGUF exported with its own Q4_1 blocks kept (--weight-format gguf), outside the
+    default model's data folder, so that the page's model list there stays as it was."""
+    from ovchat.export import KEEP_GGUF_BLOCKS, ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("kept-blocks")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(HOME_ENV, str(root / "home"))
+        options = ExportOptions(weight_format=KEEP_GGUF_BLOCKS)
+        return export_model(None, root / "SmolLM2-135M-Instruct-gguf", options).path
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,14 @@
 
 Every IR reads the same text in the same windows through OpenVINO (OVModelForCausalLM, one
 forward pass per window, f32 inference); the fp32 PyTorch checkpoint the exports came from
-is the reference. A lower perplexity is better; the ratio to the reference shows what a
-weight format costs in quality, next to what it saves in size.
+is the reference, and for an export from a GGUF, llama.cpp on that GGUF too (when
+llama-cpp-python is installed: the ``bench`` extra). A lower perplexity is better; the ratio to
+the reference shows what a weight format costs in quality, next to what it saves in size.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +17,8 @@ from typing import Any
 
 from ovchat.bench.report import figure, save_figure
 from ovchat.errors import OvchatError
-from ovchat.model_folder import IR_BIN, read_manifest
+from ovchat.export.options import KEEP_GGUF_BLOCKS
+from ovchat.model_folder import IR_BIN, read_manifest, source_gguf
 
 # The US Declaration of Independence (1776, public domain): plain English prose of ~1,800 tokens.
 QUALITY_TEXT = Path(__file__).with_name("quality.txt")
@@ -72,10 +75,27 @@ def pytorch_logits(checkpoint: Path) -> Callable[[list[int]], Any]:
     return logits_for
 
 
+def llamacpp_logits(gguf: Path, window: int) -> Callable[[list[int]], Any]:
+    """llama.cpp (llama-cpp-python) on the GGUF itself: the quality an export from it should keep."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    model = Llama(str(gguf), n_ctx=window, logits_all=True, verbose=False)
+
+    def logits_for(ids: list[int]) -> Any:
+        model.reset()  # each window from an empty cache, as for the other rows
+        model.eval(ids)
+        return np.asarray(model.scores[: len(ids)], dtype=np.float32)
+
+    return logits_for
+
+
 def describe_weights(ir: Path) -> str:
-    """The weight format from the export manifest, e.g. ``int4 g128`` or ``int8``."""
+    """The weight format from the export manifest, e.g. ``int4 g128``, ``int8`` or ``Q4_1 kept``."""
     manifest = read_manifest(ir) or {}
     weight_format = str(manifest.get("weight_format", "?"))
+    if weight_format == KEEP_GGUF_BLOCKS:
+        return f"{(manifest.get('source') or {}).get('quantization') or 'GGUF'} kept"
     group = (manifest.get("quantization") or {}).get("group_size")
     if weight_format == "int4" and group is not None:
         return f"int4 g{group}" if group != -1 else "int4 per-channel"
@@ -99,6 +119,12 @@ def run_quality(
         progress("scoring the fp32 reference")
         value, scored = perplexity(pytorch_logits(checkpoint), windows)
         rows["pytorch fp32"] = {"weights": "fp32 (reference)", "perplexity": value, "ir_mb": None}
+    gguf = source_gguf(irs[0])
+    if gguf is not None and gguf.is_file() and importlib.util.find_spec("llama_cpp") is not None:
+        progress(f"scoring {gguf.name} under llama.cpp")
+        value, scored = perplexity(llamacpp_logits(gguf, WINDOW_TOKENS), windows)
+        quantization = ((read_manifest(irs[0]) or {}).get("source") or {}).get("quantization") or "GGUF"
+        rows[f"llama.cpp: {gguf.name}"] = {"weights": f"{quantization} (GGUF)", "perplexity": value, "ir_mb": None}
     for ir in irs:
         progress(f"scoring {ir.name}")
         value, scored = perplexity(openvino_logits(ir), windows)

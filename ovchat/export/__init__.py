@@ -6,12 +6,20 @@ model through :func:`ensure_default_model`.
 """
 
 from ovchat.export.default_model import default_model_folder, ensure_default_model
-from ovchat.export.options import DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS, ExportOptions
+from ovchat.export.options import (
+    CONVERTED_WEIGHT_FORMATS,
+    DEFAULT_WEIGHT_FORMAT,
+    KEEP_GGUF_BLOCKS,
+    WEIGHT_FORMATS,
+    ExportOptions,
+)
 from ovchat.export.pipeline import ExportPlan, ExportResult, ProgressCallback, execute_export, export_model, plan_export
 from ovchat.export.sources import ModelSource, SourceKind, resolve_source
 
 __all__ = [
+    "CONVERTED_WEIGHT_FORMATS",
     "DEFAULT_WEIGHT_FORMAT",
+    "KEEP_GGUF_BLOCKS",
     "WEIGHT_FORMATS",
     "ExportOptions",
     "ExportPlan",

@@ -19,6 +19,7 @@ class GgufInfo:
     pad_token_id: int | None
     unknown_token_id: int | None
     has_chat_template: bool
+    quantization: str | None  # the file type as llama.cpp names it: Q4_1, Q8_0, Q4_K_M...
     metadata: dict[str, object] = field(default_factory=dict)
 
 
@@ -27,27 +28,42 @@ def _field_value(reader: object, key: str) -> object | None:
     return found.contents() if found is not None else None
 
 
-def inspect_gguf(path: Path) -> GgufInfo:
-    """Read the header and refuse what transformers cannot import, before any slow work."""
+def inspect_gguf(path: Path, keep_blocks: bool = False) -> GgufInfo:
+    """Read the header and refuse what the route cannot take, before any slow work: openvino-genai's
+    GGUF reader when the blocks are kept, else transformers' import (which dequantizes)."""
     from gguf import GGMLQuantizationType, GGUFReader
-    from gguf.quants import _type_traits  # the types gguf-py can dequantize
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     try:
         reader = GGUFReader(path)
     except Exception as error:  # gguf raises ValueError, struct.error, ... on foreign files
         raise OvchatError(f"{path} is not a readable GGUF file ({error})") from error
     architecture = str(_field_value(reader, "general.architecture") or "")
-    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
-        supported = ", ".join(sorted(GGUF_SUPPORTED_ARCHITECTURES))
-        raise OvchatError(
-            f"{path.name}: GGUF architecture '{architecture or 'unknown'}' is not supported (supported: {supported})"
-        )
-    dequantizable = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, *_type_traits}
     types = {tensor.tensor_type for tensor in reader.tensors}
-    unsupported = sorted(t.name for t in types - dequantizable)
+    file_type = _field_value(reader, "general.file_type")
+    if keep_blocks:
+        from ovchat.export.gguf_blocks import ARCHITECTURES, KEPT_FILE_TYPES, KEPT_TYPES
+
+        supported_architectures = set(ARCHITECTURES)
+        unsupported = sorted(t.name for t in types - KEPT_TYPES)
+        if file_type is not None and int(file_type) not in KEPT_FILE_TYPES:  # type: ignore[call-overload]
+            unsupported = [_file_type_name(file_type) or str(file_type)]  # the reader goes by the file's type
+        fallback = "; --weight-format int8 or int4 dequantizes it instead"
+    else:
+        from gguf.quants import _type_traits  # the types gguf-py can dequantize
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+        supported_architectures = set(GGUF_SUPPORTED_ARCHITECTURES)
+        readable = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, *_type_traits}
+        unsupported = sorted(t.name for t in types - readable)
+        fallback = ""
+    if architecture not in supported_architectures:
+        supported = ", ".join(sorted(supported_architectures))
+        raise OvchatError(
+            f"{path.name}: GGUF architecture '{architecture or 'unknown'}' is not supported "
+            f"(supported: {supported}){fallback}"
+        )
     if unsupported:
-        raise OvchatError(f"{path.name}: GGUF quantization type {', '.join(unsupported)} is not supported")
+        raise OvchatError(f"{path.name}: GGUF quantization type {', '.join(unsupported)} is not supported{fallback}")
 
     def token_id(key: str) -> int | None:
         value = _field_value(reader, f"tokenizer.ggml.{key}")
@@ -63,12 +79,24 @@ def inspect_gguf(path: Path) -> GgufInfo:
         pad_token_id=token_id("padding_token_id"),
         unknown_token_id=token_id("unknown_token_id"),
         has_chat_template=_field_value(reader, "tokenizer.chat_template") is not None,
+        quantization=_file_type_name(file_type),
         metadata={
             key: _field_value(reader, key)
             for key in ("general.name", "general.license", "general.languages", "general.file_type")
             if key in reader.fields
         },
     )
+
+
+def _file_type_name(file_type: object) -> str | None:
+    from gguf import LlamaFileType
+
+    if file_type is None:
+        return None
+    try:
+        return LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")  # type: ignore[call-overload]
+    except ValueError:
+        return f"file type {file_type}"
 
 
 def load_gguf_tokenizer(path: Path, info: GgufInfo) -> object:

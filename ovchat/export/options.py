@@ -7,7 +7,11 @@ from typing import Any
 
 from ovchat.errors import OvchatError
 
-WEIGHT_FORMATS = ("fp16", "int8", "int4")
+# "gguf" keeps a GGUF file's own quantized blocks (ovchat/export/gguf_blocks.py); the others are
+# converted by optimum-intel and, for int8/int4, compressed by NNCF.
+KEEP_GGUF_BLOCKS = "gguf"
+CONVERTED_WEIGHT_FORMATS = ("fp16", "int8", "int4")
+WEIGHT_FORMATS = (*CONVERTED_WEIGHT_FORMATS, KEEP_GGUF_BLOCKS)
 DEFAULT_WEIGHT_FORMAT = "int8"
 # optimum-cli's defaults for int4 weight compression.
 DEFAULT_INT4_GROUP_SIZE = 128
@@ -32,7 +36,7 @@ class ExportOptions:
                 raise OvchatError("--group-size applies only to --weight-format int4")
             if self.ratio is not None:
                 raise OvchatError("--ratio applies only to --weight-format int4")
-        if self.weight_format == "fp16" and self.sym:
+        if self.weight_format in ("fp16", KEEP_GGUF_BLOCKS) and self.sym:
             raise OvchatError("--sym applies only to int8 and int4 weights")
         if self.group_size is not None and not (self.group_size == -1 or self.group_size > 0):
             raise OvchatError(f"--group-size must be a positive integer or -1, not {self.group_size}")
@@ -40,8 +44,8 @@ class ExportOptions:
             raise OvchatError(f"--ratio must be in (0, 1], not {self.ratio}")
 
     def quantization_config(self) -> dict[str, Any] | None:
-        """The weight-compression config as optimum-intel's CLI builds it; None for fp16."""
-        if self.weight_format == "fp16":
+        """The weight-compression config as optimum-intel's CLI builds it; None for fp16 and for kept GGUF blocks."""
+        if self.weight_format in ("fp16", KEEP_GGUF_BLOCKS):
             return None
         if self.weight_format == "int8":
             return {"bits": 8, "sym": self.sym, "group_size": -1, "ratio": 1.0}

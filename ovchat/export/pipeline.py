@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ovchat import __version__
 from ovchat.errors import OvchatError, first_line
-from ovchat.export.options import ExportOptions
+from ovchat.export.options import KEEP_GGUF_BLOCKS, ExportOptions
 from ovchat.export.sources import ModelSource, SourceKind, resolve_source, sha256_file
 from ovchat.machine import peak_rss_mb
 from ovchat.model_folder import IR_BIN, MANIFEST, missing_files
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from ovchat.export.gguf import GgufInfo
 
 TASK = "text-generation-with-past"
+ROUTE_OPTIMUM = "optimum"
+ROUTE_KEEP_GGUF_BLOCKS = "gguf-blocks"
 
 # Tokens that end an assistant turn in common chat templates. The hub's generation
 # configs do not always list them, and a model that never emits its configured eos
@@ -103,21 +105,22 @@ class _Steps:
             self.progress(name, "done", self.seconds[name])
 
 
-def end_of_turn_token_ids(tokenizer: Any, configured: int | list[int] | None) -> list[int]:
+def end_of_turn_ids(vocab: Mapping[str, int], template: str, configured: Iterable[int]) -> list[int]:
     """The configured eos ids plus the end-of-turn tokens the chat template actually uses."""
-    ids: set[int] = set()
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    vocab = tokenizer.get_vocab()
+    ids = set(configured)
     for token in END_OF_TURN_TOKENS:
         if token in template and token in vocab:
             ids.add(int(vocab[token]))
     return sorted(ids)
+
+
+def end_of_turn_token_ids(tokenizer: Any, configured: int | list[int] | None) -> list[int]:
+    """:func:`end_of_turn_ids` for a Hugging Face tokenizer and the generation config's eos ids."""
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    return end_of_turn_ids(tokenizer.get_vocab(), template, ids)
 
 
 def _prepare_checkpoint(plan: ExportPlan, staging: Path) -> tuple[Path, dict]:
@@ -127,18 +130,9 @@ def _prepare_checkpoint(plan: ExportPlan, staging: Path) -> tuple[Path, dict]:
     if plan.gguf is not None:
         from ovchat.export.gguf import gguf_to_checkpoint
 
-        digest = sha256_file(source.path)
-        if source.expected_sha256 and digest != source.expected_sha256:
-            raise OvchatError(f"{source.path} has sha256 {digest}, expected {source.expected_sha256}; reinstall it")
-        facts["source_sha256"] = digest
+        facts = _gguf_facts(plan)
         checkpoint = staging / "_checkpoint"
-        info = plan.gguf
-        gguf_to_checkpoint(source.path, checkpoint, info)
-        facts["gguf"] = {
-            "architecture": info.architecture,
-            "tensor_types": sorted(info.tensor_types),
-            **{k: v for k, v in info.metadata.items() if isinstance(v, str | int | list)},
-        }
+        gguf_to_checkpoint(source.path, checkpoint, plan.gguf)
         return checkpoint, facts
     if source.kind is SourceKind.HUB:
         from huggingface_hub import snapshot_download
@@ -151,6 +145,24 @@ def _prepare_checkpoint(plan: ExportPlan, staging: Path) -> tuple[Path, dict]:
             ) from error
         return Path(path), facts
     return source.path, facts
+
+
+def _gguf_facts(plan: ExportPlan) -> dict[str, Any]:
+    """The GGUF source's checksum (checked against the one expected, if any) and header, for the manifest."""
+    source, info = plan.source, plan.gguf
+    assert info is not None
+    digest = sha256_file(source.path)
+    if source.expected_sha256 and digest != source.expected_sha256:
+        raise OvchatError(f"{source.path} has sha256 {digest}, expected {source.expected_sha256}; reinstall it")
+    return {
+        "source_sha256": digest,
+        "quantization": info.quantization,
+        "gguf": {
+            "architecture": info.architecture,
+            "tensor_types": sorted(info.tensor_types),
+            **{k: v for k, v in info.metadata.items() if isinstance(v, str | int | list)},
+        },
+    }
 
 
 def _check_loadable(checkpoint: Path, options: ExportOptions) -> Any:
@@ -290,10 +302,16 @@ def plan_export(
     if resolved.kind is SourceKind.IR:
         raise OvchatError(f"{resolved.location} is already an OpenVINO IR folder; nothing to export")
     gguf = None
+    keep_blocks = options.weight_format == KEEP_GGUF_BLOCKS
+    if keep_blocks and resolved.kind is not SourceKind.GGUF:
+        raise OvchatError(
+            f"--weight-format {KEEP_GGUF_BLOCKS} keeps a GGUF file's own quantized blocks, and "
+            f"{resolved.location} is not a GGUF file; pick fp16, int8 or int4"
+        )
     if resolved.kind is SourceKind.GGUF:
         from ovchat.export.gguf import inspect_gguf
 
-        gguf = inspect_gguf(resolved.path)
+        gguf = inspect_gguf(resolved.path, keep_blocks=keep_blocks)
     target = Path(output).expanduser().resolve() if output else default_output(resolved, options.weight_format)
     if target.exists() and not force:
         raise OvchatError(f"{target} already exists; pass --force to replace it")
@@ -320,34 +338,56 @@ def execute_export(plan: ExportPlan, *, progress: ProgressCallback | None = None
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     steps = _Steps(progress)
     started = time.perf_counter()
+    keep_blocks = options.weight_format == KEEP_GGUF_BLOCKS
+    ir_dir = staging / "ir"
     try:
         with steps.step("load"):
-            checkpoint, facts = _prepare_checkpoint(plan, staging)
-            tokenizer = _check_loadable(checkpoint, options)
-        ir_dir = staging / "ir"
+            if keep_blocks:
+                facts = _gguf_facts(plan)
+            else:
+                checkpoint, facts = _prepare_checkpoint(plan, staging)
+                tokenizer = _check_loadable(checkpoint, options)
         with steps.step("convert"):
-            _convert(checkpoint, ir_dir, options)
-        if options.weight_format != "fp16":
+            if keep_blocks:
+                from ovchat.export.gguf_blocks import convert_keeping_blocks
+
+                convert_keeping_blocks(resolved.path, ir_dir)
+            else:
+                _convert(checkpoint, ir_dir, options)
+        if options.quantization_config() is not None:
             with steps.step("compress"):
                 _compress(checkpoint, ir_dir, options)
         with steps.step("save"):
-            eos_ids = _write_tokenizer_and_generation_config(checkpoint, ir_dir, tokenizer)
-            shutil.rmtree(staging / "_checkpoint", ignore_errors=True)
+            if keep_blocks:
+                from ovchat.export.gguf_blocks import write_hf_files
+
+                eos_ids, tokenizer = write_hf_files(resolved.path, ir_dir)
+            else:
+                eos_ids = _write_tokenizer_and_generation_config(checkpoint, ir_dir, tokenizer)
+                shutil.rmtree(staging / "_checkpoint", ignore_errors=True)
         with steps.step("check"):
             missing = missing_files(ir_dir)
             if missing:
                 raise OvchatError(f"export produced no {', '.join(missing)}")
-            check_tokenizer_parity(ir_dir, tokenizer)
+            # Without transformers (a lean install exporting a GGUF) there is no Hugging Face tokenizer to
+            # compare with; the OpenVINO tokenizer is openvino-genai's own reading of the GGUF's vocabulary.
+            if tokenizer is not None:
+                check_tokenizer_parity(ir_dir, tokenizer)
             smoke = smoke_reply(ir_dir)
+        from ovchat.engine.backends.genai_tokenizer import read_chat_template
+
         manifest = {
             "ovchat_manifest": 1,
             "name": resolved.name,
             "source": {"kind": resolved.kind.value, "location": resolved.location, **facts},
             "weight_format": options.weight_format,
+            # How the weights were made: kept from the GGUF's blocks, or converted by optimum-intel
+            # (and compressed by NNCF).
+            "route": ROUTE_KEEP_GGUF_BLOCKS if keep_blocks else ROUTE_OPTIMUM,
             "quantization": options.quantization_config(),
             "task": TASK,
             "eos_token_ids": eos_ids,
-            "has_chat_template": bool(getattr(tokenizer, "chat_template", None)),
+            "has_chat_template": read_chat_template(ir_dir) is not None,
             "sizes": {
                 "ir_bin_bytes": (ir_dir / IR_BIN).stat().st_size,
                 "folder_bytes": _folder_bytes(ir_dir),
