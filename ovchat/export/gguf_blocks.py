@@ -178,7 +178,10 @@ def exact_q4_1_offsets(model: Any, gguf_path: Path) -> int:
         if ".attn_q." in tensor.name or ".attn_k." in tensor.name:
             tensor_heads = heads if ".attn_q." in tensor.name else kv_heads
             scale, minimum = _unpermute_rows(scale, tensor_heads), _unpermute_rows(minimum, tensor_heads)
-        offsets[np.ascontiguousarray(scale).tobytes()] = (scale, minimum)
+        key = np.ascontiguousarray(scale).tobytes()
+        if key in offsets:  # the match by scales would be ambiguous
+            raise OvchatError(f"two Q4_1 tensors of {gguf_path.name} have the same scales; export it as int8 or int4")
+        offsets[key] = (scale, minimum)
     if not offsets:
         return 0
     changed = 0
