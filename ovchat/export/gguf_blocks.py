@@ -1,7 +1,7 @@
 """Export a GGUF file keeping its own quantized blocks: no dequantization, no second quantization.
 
-openvino-genai reads the GGUF itself (its GGUF reader maps Q4_0/Q4_1/Q8_0 blocks and K-quants onto
-OpenVINO's compressed weights) and saves the model and tokenizers it built as IR. The Hugging Face
+openvino-genai reads the GGUF itself (its GGUF reader maps Q4_0/Q4_1/Q8_0 blocks onto OpenVINO's
+compressed weights) and saves the model and tokenizers it built as IR. The Hugging Face
 files the engine reads beside the IR (``config.json``, ``generation_config.json``,
 ``tokenizer_config.json``) are written here from the GGUF's metadata, so this route needs neither
 transformers nor torch. Where transformers is installed, the GGUF's tokenizer is also saved as a
@@ -15,11 +15,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gguf import GGMLQuantizationType, LlamaFileType
 
 from ovchat.errors import OvchatError, first_line
+
+if TYPE_CHECKING:
+    from ovchat.export.gguf import GgufInfo
 
 # What openvino-genai 2026.4's GGUF reader builds: these architectures (with their transformers class),
 # and files of these types, whose Q4_0/Q4_1/Q8_0 blocks it keeps as compressed weights. It refuses
@@ -58,6 +61,16 @@ def read_gguf_metadata(path: Path) -> tuple[dict[str, Any], list[str], set[str]]
     return _fields(reader), list(reader.fields["tokenizer.ggml.tokens"].contents()), {t.name for t in reader.tensors}
 
 
+# The special tokens' roles, as transformers names them and as GGUF metadata keys them.
+SPECIAL_TOKEN_KEYS = {"bos": "bos", "eos": "eos", "pad": "padding", "unk": "unknown"}
+
+
+def special_token_ids(metadata: Mapping[str, Any]) -> dict[str, int]:
+    """The ids the GGUF names for each special-token role it has."""
+    ids = {role: metadata.get(f"tokenizer.ggml.{key}_token_id") for role, key in SPECIAL_TOKEN_KEYS.items()}
+    return {role: int(token_id) for role, token_id in ids.items() if token_id is not None}
+
+
 def hf_config(metadata: Mapping[str, Any], vocab_size: int, tensor_names: set[str]) -> dict[str, Any]:
     """A transformers ``config.json`` for the GGUF's model, from its metadata."""
     architecture = str(metadata.get("general.architecture", ""))
@@ -89,11 +102,7 @@ def hf_config(metadata: Mapping[str, Any], vocab_size: int, tensor_names: set[st
         "hidden_act": "silu",
         "use_cache": True,
     }
-    for role in ("bos", "eos", "pad", "unk"):
-        key = "padding" if role == "pad" else "unknown" if role == "unk" else role
-        token_id = metadata.get(f"tokenizer.ggml.{key}_token_id")
-        if token_id is not None:
-            config[f"{role}_token_id"] = int(token_id)
+    config.update({f"{role}_token_id": token_id for role, token_id in special_token_ids(metadata).items()})
     return config
 
 
@@ -103,10 +112,9 @@ def tokenizer_config(metadata: Mapping[str, Any], vocab: list[str]) -> dict[str,
         "add_bos_token": bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
         "model_max_length": int(metadata.get(f"{metadata.get('general.architecture')}.context_length", 2048)),
     }
-    for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")):
-        token_id = metadata.get(f"tokenizer.ggml.{key}_token_id")
-        if token_id is not None and 0 <= int(token_id) < len(vocab):
-            config[f"{role}_token"] = vocab[int(token_id)]
+    for role, token_id in special_token_ids(metadata).items():
+        if 0 <= token_id < len(vocab):
+            config[f"{role}_token"] = vocab[token_id]
     template = metadata.get("tokenizer.chat_template")
     if template:
         config["chat_template"] = str(template)
@@ -221,20 +229,21 @@ def end_token_ids(metadata: Mapping[str, Any], vocab: list[str]) -> list[int]:
     return end_of_turn_ids(ids, template, [int(i) for i in configured if i is not None])
 
 
-def _hf_tokenizer(gguf_path: Path) -> Any | None:
+def _hf_tokenizer(gguf_path: Path, info: GgufInfo) -> Any | None:
     """The GGUF's tokenizer as a Hugging Face tokenizer, or None without transformers."""
     try:
         import transformers  # noqa: F401
     except ImportError:
         return None
-    from ovchat.export.gguf import inspect_gguf, load_gguf_tokenizer
+    from ovchat.export.gguf import load_gguf_tokenizer
 
-    return load_gguf_tokenizer(gguf_path, inspect_gguf(gguf_path))
+    return load_gguf_tokenizer(gguf_path, info)
 
 
-def write_hf_files(gguf_path: Path, ir_dir: Path) -> tuple[list[int], Any | None]:
-    """config.json, generation_config.json and the tokenizer's files from the GGUF's metadata. Returns
-    the end-of-reply ids and the Hugging Face tokenizer saved beside them (None without transformers)."""
+def write_hf_files(gguf_path: Path, info: GgufInfo, ir_dir: Path) -> tuple[list[int], Any | None]:
+    """config.json, generation_config.json and the tokenizer's files from the GGUF's metadata (``info`` is
+    the export plan's reading of its header). Returns the end-of-reply ids and the Hugging Face tokenizer
+    saved beside them (None without transformers)."""
     metadata, vocab, tensor_names = read_gguf_metadata(gguf_path)
     config = hf_config(metadata, len(vocab), tensor_names)
     _write_json(ir_dir / "config.json", config)
@@ -243,7 +252,7 @@ def write_hf_files(gguf_path: Path, ir_dir: Path) -> tuple[list[int], Any | None
     if end_ids:
         generation["eos_token_id"] = end_ids if len(end_ids) > 1 else end_ids[0]
     _write_json(ir_dir / "generation_config.json", generation)
-    hf_tokenizer = _hf_tokenizer(gguf_path)
+    hf_tokenizer = _hf_tokenizer(gguf_path, info)
     if hf_tokenizer is None:
         _write_json(ir_dir / "tokenizer_config.json", tokenizer_config(metadata, vocab))
     else:

@@ -361,7 +361,8 @@ def execute_export(plan: ExportPlan, *, progress: ProgressCallback | None = None
             if keep_blocks:
                 from ovchat.export.gguf_blocks import write_hf_files
 
-                eos_ids, tokenizer = write_hf_files(resolved.path, ir_dir)
+                assert plan.gguf is not None  # a GGUF source: plan_export read its header
+                eos_ids, tokenizer = write_hf_files(resolved.path, plan.gguf, ir_dir)
             else:
                 eos_ids = _write_tokenizer_and_generation_config(checkpoint, ir_dir, tokenizer)
                 shutil.rmtree(staging / "_checkpoint", ignore_errors=True)
