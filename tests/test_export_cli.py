@@ -35,10 +35,12 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     assert "Traceback" not in result.stderr
 
 
-def write_gguf(path: Path, architecture: str, tensor_type: str) -> Path:
-    from gguf import GGMLQuantizationType, GGUFWriter
+def write_gguf(path: Path, architecture: str, tensor_type: str, file_type: str | None = None) -> Path:
+    from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 
     writer = GGUFWriter(str(path), architecture)
+    if file_type is not None:
+        writer.add_file_type(LlamaFileType[file_type])
     quant = GGMLQuantizationType[tensor_type]
     if quant is GGMLQuantizationType.F32:
         writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
@@ -81,6 +83,20 @@ def test_gguf_of_an_unsupported_architecture(tmp_path: Path) -> None:
 def test_gguf_of_an_unsupported_quant_type(tmp_path: Path) -> None:
     gguf = write_gguf(tmp_path / "q81.gguf", "llama", "Q8_1")
     assert_one_line_error(run_export_ir(str(gguf)), "quantization type Q8_1 is not supported")
+
+
+def test_keeping_the_blocks_of_a_gguf_type_the_reader_refuses(tmp_path: Path) -> None:
+    gguf = write_gguf(tmp_path / "k-quants.gguf", "llama", "Q4_K", file_type="MOSTLY_Q4_K_M")
+    assert_one_line_error(
+        run_export_ir(str(gguf), "--weight-format", "gguf"),
+        "GGUF quantization type Q4_K_M is not supported; --weight-format int8 or int4 dequantizes it instead",
+    )
+
+
+def test_keeping_the_blocks_of_a_checkpoint(tiny_checkpoint: Path) -> None:
+    assert_one_line_error(
+        run_export_ir(str(tiny_checkpoint), "--weight-format", "gguf"), "keeps a GGUF file's own quantized blocks"
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The GGUF export that keeps the file's own quantized blocks (--weight-format gguf), on the real default
 model: llama.cpp's token ids, the end of turn, llama.cpp's perplexity, the GGUF's size; the metadata
-mapping against what transformers writes; and one-line refusals."""
+mapping against what transformers writes. (Its one-line refusals are in test_export_cli.py.)"""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ovchat import Engine, GenerationSettings, OvchatError
-from ovchat.export import ExportOptions, plan_export
+from ovchat import Engine, GenerationSettings
 from ovchat.model_folder import IR_BIN, read_json, read_manifest
 
 pytestmark = pytest.mark.slow
@@ -96,26 +95,3 @@ def test_the_metadata_mapping_agrees_with_transformers(default_model_ir: Path, d
     (lean / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(metadata, vocab)))
     assert read_special_tokens(lean) == read_special_tokens(default_model_ir)
     assert read_chat_template(lean) == read_chat_template(default_model_ir)
-
-
-def test_keeping_blocks_of_a_checkpoint_is_a_one_line_error(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    with pytest.raises(OvchatError, match="keeps a GGUF file's own quantized blocks") as error:
-        plan_export(str(tiny_checkpoint), tmp_path / "out", ExportOptions(weight_format="gguf"))
-    assert "\n" not in str(error.value)
-
-
-def test_a_gguf_of_a_type_the_reader_refuses_is_a_one_line_error(tmp_path: Path) -> None:
-    import numpy as np
-    from gguf import GGUFWriter, LlamaFileType
-
-    path = tmp_path / "k-quants.gguf"
-    writer = GGUFWriter(path, "llama")
-    writer.add_file_type(LlamaFileType.MOSTLY_Q4_K_M)
-    writer.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    with pytest.raises(OvchatError, match="Q4_K_M is not supported; --weight-format int8 or int4") as error:
-        plan_export(str(path), tmp_path / "out", ExportOptions(weight_format="gguf"))
-    assert "\n" not in str(error.value)
