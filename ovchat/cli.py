@@ -79,7 +79,7 @@ def common_flags() -> argparse.ArgumentParser:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    from ovchat.export import DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
+    from ovchat.export import DEFAULT_GGUF_WEIGHT_FORMAT, DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
 
     parser.add_argument(
         "source",
@@ -92,8 +92,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weight-format",
         choices=WEIGHT_FORMATS,
-        default=DEFAULT_WEIGHT_FORMAT,
-        help=f"weight precision of the IR (default: {DEFAULT_WEIGHT_FORMAT})",
+        help=f"weight precision of the IR; {DEFAULT_GGUF_WEIGHT_FORMAT} keeps a GGUF file's own blocks "
+        f"(default: {DEFAULT_GGUF_WEIGHT_FORMAT} for a GGUF file, {DEFAULT_WEIGHT_FORMAT} for a checkpoint)",
     )
     parser.add_argument("--group-size", type=int, help="int4 only: weights per quantization group, -1 per channel")
     parser.add_argument("--ratio", type=float, help="int4 only: share of layers in int4, the rest int8")
@@ -139,7 +139,7 @@ def export_with_progress(
                 console.print(f"  [green]✓[/green] {step:<9} {seconds:6.1f} s")
 
         console.print(
-            f"Exporting {plan.source.name} ({plan.source.kind.value}) to {options.weight_format}: {plan.target}"
+            f"Exporting {plan.source.name} ({plan.source.kind.value}) to {plan.options.weight_format}: {plan.target}"
         )
         try:
             with status:
@@ -178,7 +178,7 @@ def default_model(verbose: bool) -> Path:
     from ovchat.export import ExportOptions, ensure_default_model
 
     def export(folder: Path) -> None:
-        print("First use: exporting the default model (about a minute, once).", file=sys.stderr)
+        print("First use: exporting the default model (under a minute, once).", file=sys.stderr)
         export_with_progress(None, folder, ExportOptions(), force=False, verbose=verbose)
 
     return ensure_default_model(export)

@@ -25,6 +25,10 @@ REQUIRED_FILES: tuple[str, ...] = (
     "openvino_detokenizer.xml",
 )
 MANIFEST = "ovchat.json"
+# The manifest's "route": how the weights were made. Kept from a GGUF file's own quantized blocks
+# (ovchat/export/gguf_blocks.py), or converted by optimum-intel and compressed by NNCF.
+ROUTE_KEEP_GGUF_BLOCKS = "gguf-blocks"
+ROUTE_OPTIMUM = "optimum"
 # Used when the model's config names no context length.
 FALLBACK_CONTEXT_LENGTH = 2048
 
@@ -85,3 +89,19 @@ def source_gguf(folder: Path) -> Path | None:
     folder was made from something else."""
     source = (read_manifest(folder) or {}).get("source", {})
     return Path(source["location"]) if source.get("kind") == "gguf" and source.get("location") else None
+
+
+def export_summary(folder: Path) -> str | None:
+    """How the folder's weights were made, from its manifest: "Q4_1 blocks kept from the GGUF",
+    "int8 by optimum-intel from a Q4_1 GGUF", "int4 by optimum-intel"; None for a foreign folder."""
+    manifest = read_manifest(folder)
+    if manifest is None or not manifest.get("weight_format"):
+        return None
+    source = manifest.get("source") or {}
+    quantization = source.get("quantization")
+    if manifest.get("route") == ROUTE_KEEP_GGUF_BLOCKS:
+        return f"{quantization or 'GGUF'} blocks kept from the GGUF"
+    made = f"{manifest['weight_format']} by optimum-intel"
+    if source.get("kind") == "gguf":
+        return f"{made} from a {quantization} GGUF" if quantization else f"{made} from a GGUF"
+    return made

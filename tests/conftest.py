@@ -1,16 +1,21 @@
-"""Shared fixtures: a temp data folder for every test, a tiny random model, the real default model."""
+"""Shared fixtures: a temp data folder for every test, a tiny random model, the real default model, a browser."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from browsing import CHROMIUM, CHROMIUM_ARGS
 
 from ovchat.paths import HOME_ENV
 
 if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
     from ovchat.engine import Engine
 
 CHATML_TEMPLATE = (
@@ -101,7 +106,8 @@ def tiny_irs(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def default_model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data folder holding the real default model (SmolLM2-135M-Instruct from its GGUF), exported once
-    to int8 where ovchat looks for it, so commands run without --model find it."""
+    as the chat exports it (the GGUF's Q4_1 blocks kept) where ovchat looks for it, so commands run
+    without --model find it."""
     from ovchat.export import default_model_folder, export_model
 
     home = tmp_path_factory.mktemp("default-model") / "home"
@@ -113,20 +119,22 @@ def default_model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_model_ir(default_model_home: Path) -> Path:
-    return default_model_home / "models" / "SmolLM2-135M-Instruct-int8"
+    from ovchat.export import default_model_folder
+
+    return default_model_home / "models" / default_model_folder().name
 
 
 @pytest.fixture(scope="session")
-def default_model_kept_ir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model's GGUF exported with its own Q4_1 blocks kept (--weight-format gguf), outside the
-    default model's data folder, so that the page's model list there stays as it was."""
-    from ovchat.export import KEEP_GGUF_BLOCKS, ExportOptions, export_model
+def default_model_int8_ir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model's GGUF dequantized by transformers and exported to int8 by optimum-intel and NNCF
+    (--weight-format int8), outside the default model's data folder, so that the page's model list there
+    stays as it was."""
+    from ovchat.export import ExportOptions, export_model
 
-    root = tmp_path_factory.mktemp("kept-blocks")
+    root = tmp_path_factory.mktemp("int8-route")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(HOME_ENV, str(root / "home"))
-        options = ExportOptions(weight_format=KEEP_GGUF_BLOCKS)
-        return export_model(None, root / "SmolLM2-135M-Instruct-gguf", options).path
+        return export_model(None, root / "SmolLM2-135M-Instruct-int8", ExportOptions(weight_format="int8")).path
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +146,21 @@ def default_engine(default_model_ir: Path) -> Engine:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium through Playwright, for the browser tests (tests/browsing.py drives the page)."""
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing: ./run.sh installs it with `apt-get install chromium`, which needs root"
+        if os.geteuid() == 0 or os.environ.get("CI"):
+            pytest.fail(reason)  # here run.sh could have installed it, so its absence is an error
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

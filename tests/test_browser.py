@@ -15,6 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from browsing import (
+    CAPTION,
+    CHAT_INPUT,
+    MODEL_LOAD_MS,
+    REPLY_MS,
+    SERVER_START_S,
+    reply_text,
+    send,
+    set_temperature_to_zero,
+    wait_for_text,
+)
 
 from ovchat.paths import HOME_ENV
 from ovchat.server.process import ServerProcess, free_port
@@ -25,41 +36,9 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
 UPDATE_SCREENSHOT_ENV = "OVCHAT_UPDATE_SCREENSHOT"  # set to 1 to rewrite docs/screenshot.png
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-CHAT_INPUT = '[data-testid="stChatInputTextArea"]'
-MESSAGE = '[data-testid="stChatMessage"]'
-CAPTION = '[data-testid="stCaptionContainer"]'
-# The reply's own text: the message's Markdown, less its caption and the labels of buttons inside it
-# (the page renders its Stop button inside the streaming reply).
-REPLY_TEXT_JS = """message => [...message.querySelectorAll('[data-testid="stMarkdownContainer"]')]
-    .filter(el => !el.closest('[data-testid="stCaptionContainer"]') && !el.closest('button'))
-    .map(el => el.innerText).join('\\n').trim()"""
-
-SERVER_START_S = 60
-MODEL_LOAD_MS = 180_000  # loading and compiling the model with an empty OpenVINO cache, with room to spare
-REPLY_MS = 180_000  # a whole reply of at most 512 tokens on two cores
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing: ./run.sh installs it with `apt-get install chromium`, which needs root"
-        if os.geteuid() == 0 or os.environ.get("CI"):
-            pytest.fail(reason)  # here run.sh could have installed it, so its absence is an error
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -101,45 +80,6 @@ def page(browser: Browser, chat_server: str) -> Iterator[Page]:
         yield page
     finally:
         context.close()
-
-
-def reply_text(message: Locator) -> str:
-    return message.evaluate(REPLY_TEXT_JS)
-
-
-def send(page: Page, prompt: str) -> Locator:
-    """Type a prompt in the chat input, press Enter; the assistant message that answers it."""
-    messages = page.locator(MESSAGE)
-    before = messages.count()
-    chat_input = page.locator(CHAT_INPUT)
-    chat_input.fill(prompt)
-    chat_input.press("Enter")
-    # The prompt's own message first, then the assistant's: index them, since the page reruns and
-    # re-renders the whole chat when a reply ends.
-    page.wait_for_function(
-        "([selector, count]) => document.querySelectorAll(selector).length >= count",
-        arg=[MESSAGE, before + 2],
-        timeout=MODEL_LOAD_MS,
-    )
-    assert prompt in messages.nth(before).inner_text()
-    return messages.nth(before + 1)
-
-
-def wait_for_text(message: Locator, timeout_s: float = REPLY_MS / 1000) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = reply_text(message)
-        if text:
-            return text
-        time.sleep(0.02)
-    pytest.fail(f"no reply text in {timeout_s:.0f} s")
-
-
-def set_temperature_to_zero(page: Page) -> None:
-    """Greedy decoding, so the reply is the same every run (the slider's Home key goes to its minimum)."""
-    page.get_by_role("slider", name="Temperature").press("Home", timeout=MODEL_LOAD_MS)  # shown once loaded
-    slider = page.locator('[data-testid="stSlider"]').filter(has_text="Temperature")
-    slider.locator('[data-testid="stSliderThumbValue"]').filter(has_text="0.00").wait_for()
 
 
 def test_a_question_streams_an_answer_with_its_metrics(page: Page, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Chat on the real default model (SmolLM2-135M-Instruct, int8): replies, memory, the ask command."""
+"""Chat on the real default model (SmolLM2-135M-Instruct, its GGUF blocks kept): replies, memory, the ask command."""
 
 from __future__ import annotations
 

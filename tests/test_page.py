@@ -326,8 +326,11 @@ def test_model_and_device_pickers_list_what_is_there(
     app = open_page()
     models = next(s for s in app.sidebar.selectbox if s.label == "Exported model")
     # The default model is offered for export, but an exported model is opened first.
-    assert models.options == ["tiny-int4", "tiny-int8", "SmolLM2-135M-Instruct-int8", "Other folder..."]
+    assert models.options == ["tiny-int4", "tiny-int8", "SmolLM2-135M-Instruct-gguf", "Other folder..."]
     assert models.value == str(models_dir() / "tiny-int4")
+    # Under the picker, how the picked folder's weights were made (its manifest: the tiny checkpoint went
+    # through optimum-intel to int8).
+    assert "int8 by optimum-intel" in [caption.value for caption in app.sidebar.caption]
     devices = next(s for s in app.sidebar.selectbox if s.label == "Device")
     assert "CPU" in devices.options and devices.options[-1] == "AUTO"
     models.set_value(str(models_dir() / "tiny-int4")).run()

@@ -30,7 +30,7 @@ from ovchat.server.process import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 
-MODEL = "SmolLM2-135M-Instruct-int8"
+MODEL = "SmolLM2-135M-Instruct-gguf"
 KEY = "test-key-123"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 # OpenAI's request for greedy decoding, and the engine's same settings.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ovchat.errors import OvchatError
+from ovchat.extras import require_export_extra
 
 
 def add_arguments(bench: argparse.ArgumentParser) -> None:
@@ -56,6 +57,10 @@ def run(args: argparse.Namespace, models: list[Path]) -> int:
         raise OvchatError("give one --model, or several with --scaling or --quality")
     if args.variant and args.quality:
         raise OvchatError("--variant applies to the speed benches, not to --quality")
+    if not args.concurrency:
+        # Their reference prompts come from the Hugging Face tokenizer, and --quality reads logits through
+        # optimum-intel and PyTorch.
+        require_export_extra("ovchat bench without --concurrency")
     console = Console(stderr=True, highlight=False)
     started = time.perf_counter()
     if args.concurrency:

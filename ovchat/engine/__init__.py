@@ -4,7 +4,14 @@ Importing this package is cheap: OpenVINO, openvino-genai and transformers are i
 model is loaded, by the backend that needs them.
 """
 
-from ovchat.engine.backends import BACKENDS, DEFAULT_BACKEND, Backend, GenerationRequest
+from ovchat.engine.backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    OPTIMUM_BACKEND,
+    Backend,
+    GenerationRequest,
+    installed_backends,
+)
 from ovchat.engine.engine import Engine, StreamingEngine
 from ovchat.engine.runtime import available_devices
 from ovchat.engine.streaming import FINISH_REASONS, Chunk, Reply, ReplyStats, collect
@@ -13,6 +20,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_BACKEND",
     "FINISH_REASONS",
+    "OPTIMUM_BACKEND",
     "Backend",
     "Chunk",
     "Engine",
@@ -22,4 +30,5 @@ __all__ = [
     "StreamingEngine",
     "available_devices",
     "collect",
+    "installed_backends",
 ]

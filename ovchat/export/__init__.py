@@ -8,16 +8,19 @@ model through :func:`ensure_default_model`.
 from ovchat.export.default_model import default_model_folder, ensure_default_model
 from ovchat.export.options import (
     CONVERTED_WEIGHT_FORMATS,
+    DEFAULT_GGUF_WEIGHT_FORMAT,
     DEFAULT_WEIGHT_FORMAT,
     KEEP_GGUF_BLOCKS,
     WEIGHT_FORMATS,
     ExportOptions,
+    default_weight_format,
 )
 from ovchat.export.pipeline import ExportPlan, ExportResult, ProgressCallback, execute_export, export_model, plan_export
 from ovchat.export.sources import ModelSource, SourceKind, resolve_source
 
 __all__ = [
     "CONVERTED_WEIGHT_FORMATS",
+    "DEFAULT_GGUF_WEIGHT_FORMAT",
     "DEFAULT_WEIGHT_FORMAT",
     "KEEP_GGUF_BLOCKS",
     "WEIGHT_FORMATS",
@@ -28,6 +31,7 @@ __all__ = [
     "ProgressCallback",
     "SourceKind",
     "default_model_folder",
+    "default_weight_format",
     "ensure_default_model",
     "execute_export",
     "export_model",

@@ -6,15 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ovchat.export.options import DEFAULT_WEIGHT_FORMAT
+from ovchat.export.options import DEFAULT_GGUF_WEIGHT_FORMAT
 from ovchat.export.pipeline import default_output, export_model
 from ovchat.export.sources import resolve_source
 from ovchat.model_folder import is_complete
 
 
 def default_model_folder() -> Path:
-    """Where the default model's export lives (it may not be there yet)."""
-    return default_output(resolve_source(None), DEFAULT_WEIGHT_FORMAT)
+    """Where the default model's export lives (it may not be there yet): the GGUF's blocks kept, the
+    one route the lean install (no torch) can take."""
+    return default_output(resolve_source(None), DEFAULT_GGUF_WEIGHT_FORMAT)
 
 
 def ensure_default_model(export: Callable[[Path], object] | None = None) -> Path:

@@ -41,10 +41,13 @@ def inspect_gguf(path: Path, keep_blocks: bool = False) -> GgufInfo:
     types = {tensor.tensor_type for tensor in reader.tensors}
     file_type = _field_value(reader, "general.file_type")
     if keep_blocks:
-        from ovchat.export.gguf_blocks import ARCHITECTURES, KEPT_FILE_TYPES, KEPT_TYPES
+        from ovchat.export.gguf_blocks import ARCHITECTURES, KEPT_FILE_TYPES, KEPT_VECTOR_TYPES, KEPT_WEIGHT_TYPES
 
         supported_architectures = set(ARCHITECTURES)
-        unsupported = sorted(t.name for t in types - KEPT_TYPES)
+        matrix_types = {tensor.tensor_type for tensor in reader.tensors if len(tensor.shape) > 1}
+        unsupported = sorted(
+            {t.name for t in types - KEPT_VECTOR_TYPES} | {t.name for t in matrix_types - KEPT_WEIGHT_TYPES}
+        )
         if file_type is not None and int(file_type) not in KEPT_FILE_TYPES:  # type: ignore[call-overload]
             unsupported = [_file_type_name(file_type) or str(file_type)]  # the reader goes by the file's type
         fallback = "; --weight-format int8 or int4 dequantizes it instead"

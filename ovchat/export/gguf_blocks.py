@@ -26,20 +26,21 @@ if TYPE_CHECKING:
 
 # What openvino-genai 2026.4's GGUF reader builds: these architectures (with their transformers class),
 # and files of these types, whose Q4_0/Q4_1/Q8_0 blocks it keeps as compressed weights. It refuses
-# other file types (a Q4_K_M file, say) and has no other reader in this release.
+# other file types (a Q4_K_M file, say) and has no other reader in this release. F32 is read for
+# vectors (the norms) only: its weight builder has no F32 case ("Unsupported quantization type"), so
+# an all-F32 file, or any F32 matrix, is refused before the export starts.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
-KEPT_TYPES = frozenset(
+KEPT_WEIGHT_TYPES = frozenset(
     {
-        GGMLQuantizationType.F32,
         GGMLQuantizationType.F16,
         GGMLQuantizationType.Q4_0,
         GGMLQuantizationType.Q4_1,
         GGMLQuantizationType.Q8_0,
     }
 )
+KEPT_VECTOR_TYPES = frozenset({GGMLQuantizationType.F32, *KEPT_WEIGHT_TYPES})
 KEPT_FILE_TYPES = frozenset(
     {
-        LlamaFileType.ALL_F32,
         LlamaFileType.MOSTLY_F16,
         LlamaFileType.MOSTLY_Q4_0,
         LlamaFileType.MOSTLY_Q4_1,

@@ -24,16 +24,15 @@ from ovchat import __version__
 from ovchat.errors import OvchatError, first_line
 from ovchat.export.options import KEEP_GGUF_BLOCKS, ExportOptions
 from ovchat.export.sources import ModelSource, SourceKind, resolve_source, sha256_file
+from ovchat.extras import require_export_extra
 from ovchat.machine import peak_rss_mb
-from ovchat.model_folder import IR_BIN, MANIFEST, missing_files
+from ovchat.model_folder import IR_BIN, MANIFEST, ROUTE_KEEP_GGUF_BLOCKS, ROUTE_OPTIMUM, missing_files
 from ovchat.paths import models_dir
 
 if TYPE_CHECKING:
     from ovchat.export.gguf import GgufInfo
 
 TASK = "text-generation-with-past"
-ROUTE_OPTIMUM = "optimum"
-ROUTE_KEEP_GGUF_BLOCKS = "gguf-blocks"
 
 # Tokens that end an assistant turn in common chat templates. The hub's generation
 # configs do not always list them, and a model that never emits its configured eos
@@ -301,17 +300,20 @@ def plan_export(
     resolved = source if isinstance(source, ModelSource) else resolve_source(source)
     if resolved.kind is SourceKind.IR:
         raise OvchatError(f"{resolved.location} is already an OpenVINO IR folder; nothing to export")
+    options = options.for_source(is_gguf=resolved.kind is SourceKind.GGUF)
     gguf = None
-    keep_blocks = options.weight_format == KEEP_GGUF_BLOCKS
-    if keep_blocks and resolved.kind is not SourceKind.GGUF:
+    if options.keeps_gguf_blocks and resolved.kind is not SourceKind.GGUF:
         raise OvchatError(
             f"--weight-format {KEEP_GGUF_BLOCKS} keeps a GGUF file's own quantized blocks, and "
             f"{resolved.location} is not a GGUF file; pick fp16, int8 or int4"
         )
+    if not options.keeps_gguf_blocks:
+        what = "dequantizing a GGUF file" if resolved.kind is SourceKind.GGUF else "exporting a checkpoint"
+        require_export_extra(f"{what} to {options.weight_format}")
     if resolved.kind is SourceKind.GGUF:
         from ovchat.export.gguf import inspect_gguf
 
-        gguf = inspect_gguf(resolved.path, keep_blocks=keep_blocks)
+        gguf = inspect_gguf(resolved.path, keep_blocks=options.keeps_gguf_blocks)
     target = Path(output).expanduser().resolve() if output else default_output(resolved, options.weight_format)
     if target.exists() and not force:
         raise OvchatError(f"{target} already exists; pass --force to replace it")
@@ -338,7 +340,7 @@ def execute_export(plan: ExportPlan, *, progress: ProgressCallback | None = None
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     steps = _Steps(progress)
     started = time.perf_counter()
-    keep_blocks = options.weight_format == KEEP_GGUF_BLOCKS
+    keep_blocks = options.keeps_gguf_blocks
     ir_dir = staging / "ir"
     try:
         with steps.step("load"):

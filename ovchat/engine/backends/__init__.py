@@ -86,13 +86,22 @@ def _load_batched(folder: Path, device: str, properties: dict[str, Any]) -> Back
 
 
 def _load_optimum(folder: Path, device: str, properties: dict[str, Any]) -> Backend:
+    from ovchat.extras import require_export_extra
+
+    require_export_extra(f"the {OPTIMUM_BACKEND} loop")
     from ovchat.engine.backends.optimum import OptimumBackend
 
     return OptimumBackend.load(folder, device, properties)
 
 
-# Imported when picked: genai never imports transformers or torch, optimum needs both.
-BACKEND_LOADERS: dict[str, BackendLoader] = {"genai": _load_genai, "batched": _load_batched, "optimum": _load_optimum}
+OPTIMUM_BACKEND = "optimum"
+# Imported when picked: genai and batched never import transformers or torch; optimum needs both (the
+# export extra), so it is offered only where that is installed.
+BACKEND_LOADERS: dict[str, BackendLoader] = {
+    "genai": _load_genai,
+    "batched": _load_batched,
+    OPTIMUM_BACKEND: _load_optimum,
+}
 BACKENDS: tuple[str, ...] = tuple(BACKEND_LOADERS)
 # Continuous batching: one caller alone decoded as fast as the genai loop (0.97x in one interleaved
 # run, within noise) with the same greedy tokens, and callers no longer wait for each other
@@ -107,6 +116,13 @@ BATCH_LOOP_OPTION = "batch_loop"
 SCHEDULER_OPTION = "scheduler"
 BATCH_LOOPS: tuple[str, ...] = ("process", "thread")
 DEFAULT_BATCH_LOOP = "process"
+
+
+def installed_backends() -> tuple[str, ...]:
+    """The backends this install can load: all of them with the export extra, else all but optimum."""
+    from ovchat.extras import has_export_extra
+
+    return BACKENDS if has_export_extra() else tuple(name for name in BACKENDS if name != OPTIMUM_BACKEND)
 
 
 def backend_loader(name: str) -> BackendLoader:

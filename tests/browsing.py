@@ -1,0 +1,69 @@
+"""Driving the chat page in a real browser: Debian's Chromium through Playwright (./run.sh installs
+/usr/bin/chromium with apt-get; Playwright's own browser download is never used). Shared by the browser
+tests of the page (test_browser.py) and of the lean install (test_lean_install.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator, Page
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+
+CHAT_INPUT = '[data-testid="stChatInputTextArea"]'
+MESSAGE = '[data-testid="stChatMessage"]'
+CAPTION = '[data-testid="stCaptionContainer"]'
+# The reply's own text: the message's Markdown, less its caption and the labels of buttons inside it
+# (the page renders its Stop button inside the streaming reply).
+REPLY_TEXT_JS = """message => [...message.querySelectorAll('[data-testid="stMarkdownContainer"]')]
+    .filter(el => !el.closest('[data-testid="stCaptionContainer"]') && !el.closest('button'))
+    .map(el => el.innerText).join('\\n').trim()"""
+
+SERVER_START_S = 60
+MODEL_LOAD_MS = 180_000  # loading and compiling the model with an empty OpenVINO cache, with room to spare
+REPLY_MS = 180_000  # a whole reply of at most 512 tokens on two cores
+
+
+def reply_text(message: Locator) -> str:
+    return message.evaluate(REPLY_TEXT_JS)
+
+
+def send(page: Page, prompt: str) -> Locator:
+    """Type a prompt in the chat input, press Enter; the assistant message that answers it."""
+    messages = page.locator(MESSAGE)
+    before = messages.count()
+    chat_input = page.locator(CHAT_INPUT)
+    chat_input.fill(prompt)
+    chat_input.press("Enter")
+    # The prompt's own message first, then the assistant's: index them, since the page reruns and
+    # re-renders the whole chat when a reply ends.
+    page.wait_for_function(
+        "([selector, count]) => document.querySelectorAll(selector).length >= count",
+        arg=[MESSAGE, before + 2],
+        timeout=MODEL_LOAD_MS,
+    )
+    assert prompt in messages.nth(before).inner_text()
+    return messages.nth(before + 1)
+
+
+def wait_for_text(message: Locator, timeout_s: float = REPLY_MS / 1000) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = reply_text(message)
+        if text:
+            return text
+        time.sleep(0.02)
+    pytest.fail(f"no reply text in {timeout_s:.0f} s")
+
+
+def set_temperature_to_zero(page: Page) -> None:
+    """Greedy decoding, so the reply is the same every run (the slider's Home key goes to its minimum)."""
+    page.get_by_role("slider", name="Temperature").press("Home", timeout=MODEL_LOAD_MS)  # shown once loaded
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text="Temperature")
+    slider.locator('[data-testid="stSliderThumbValue"]').filter(has_text="0.00").wait_for()
