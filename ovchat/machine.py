@@ -43,5 +43,27 @@ def cpu_name() -> str:
     return platform.processor()
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as the kernel reports them (avx512f, amx_tile, ...); empty where unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_amx() -> bool:
+    """Intel AMX tiles (Sapphire Rapids and later Xeons)."""
+    return "amx_tile" in cpu_flags()
+
+
 def machine_facts(threads: int) -> dict[str, Any]:
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads, "python": platform.python_version()}
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "amx": has_amx(),
+    }

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ovchat.machine import peak_rss_mb, rss_mb
+from ovchat.machine import has_amx, peak_rss_mb, rss_mb
 from ovchat.prompt import Message
 
 
@@ -189,15 +189,17 @@ class LlamacppRunner(Runner):
 
         # ggml's AMX weight repacking segfaults on the first multi-token batch on this project's
         # Xeon VMs (llama.cpp issue #20824, also seen by ollama users); llama-cpp-python has no
-        # switch for it, so the model parameters are patched: no extra (repacked) buffer types.
-        default_params = bindings.llama_model_default_params
+        # switch for it, so on AMX CPUs the model parameters are patched: no extra (repacked) buffer
+        # types. Elsewhere repacking stays on, as llama.cpp runs by default.
+        if has_amx():
+            default_params = bindings.llama_model_default_params
 
-        def params_without_repacking() -> Any:
-            params = default_params()
-            params.use_extra_bufts = False
-            return params
+            def params_without_repacking() -> Any:
+                params = default_params()
+                params.use_extra_bufts = False
+                return params
 
-        bindings.llama_model_default_params = params_without_repacking
+            bindings.llama_model_default_params = params_without_repacking
         # n_ctx=0: the model's whole trained context, as the other engines allow.
         self.llm = Llama(
             model_path=str(options.gguf), n_ctx=0, n_threads=options.threads, n_threads_batch=options.threads,
@@ -210,12 +212,12 @@ class LlamacppRunner(Runner):
         first_at = None
         count = 0
         eos = self.llm.token_eos()
-
-        def ban_eos(input_ids: Any, scores: Any) -> Any:
-            scores[eos] = -float("inf")  # every engine decodes the same number of tokens
-            return scores
-
-        for _ in self.llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, logits_processor=[ban_eos]):
+        # No Python logits processor in the timed loop (a ban on the end of turn cost a call per token):
+        # the reply ends where the model ends it, and the decode rate counts the tokens it made, as the
+        # ovchat row does.
+        for token in self.llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0):
+            if token == eos:
+                break
             count += 1
             if first_at is None:
                 first_at = time.perf_counter()
