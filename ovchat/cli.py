@@ -294,7 +294,8 @@ def run_ask(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from ovchat.bench import command
 
-    return command.run(args, args.model or [default_model(args.verbose)])
+    # --synthetic builds its own models; the others run on the default model unless told.
+    return command.run(args, args.model or ([] if args.synthetic else [default_model(args.verbose)]))
 
 
 def run_serve(args: argparse.Namespace) -> int:

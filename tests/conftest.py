@@ -137,6 +137,19 @@ def default_model_int8_ir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return export_model(None, root / "SmolLM2-135M-Instruct-int8", ExportOptions(weight_format="int8")).path
 
 
+@pytest.fixture(scope="session")
+def synthetic_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder whose synthetic/ holds the tiny synthetic model (Qwen2's layout, random weights) in
+    every format, built once: test_synthetic.py checks the artefacts, test_sizes.py measures them."""
+    from ovchat.bench.synthetic import FORMATS, build_synthetic, default_synthetic_root
+
+    home = tmp_path_factory.mktemp("synthetic") / "home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(HOME_ENV, str(home))
+        build_synthetic("tiny", default_synthetic_root(), FORMATS)
+    return home
+
+
 @pytest.fixture(scope="module")
 def default_engine(default_model_ir: Path) -> Engine:
     from ovchat.engine import Engine

@@ -1,7 +1,8 @@
 """Synthetic models (ovchat/bench/synthetic.py): random weights in public checkpoints' shapes, in every format.
 
-The "tiny" (Qwen2's layout) and "tiny-llama" sizes are built once per module; the named sizes are checked
-on paper only (their configs and parameter counts), never built here (qwen2.5-0.5b takes minutes).
+The "tiny" (Qwen2's layout) size is built once per session (conftest.py's synthetic_home), "tiny-llama" once
+here; the named sizes are checked on paper only (their configs and parameter counts), never built here
+(qwen2.5-0.5b takes minutes).
 """
 
 from __future__ import annotations
@@ -47,18 +48,11 @@ def build(name: str, root: Path, formats: tuple[str, ...]) -> SyntheticModel:
         return build_synthetic(name, root, formats)
 
 
-# Each export takes 15-30 s here (a kept-blocks export reads the 49,152-token vocabulary with gguf-py three
-# times and transformers once; optimum-intel traces the model): the tiny model is exported once by each route
-# (kept blocks, optimum-intel + NNCF). Q4_0 blocks and int4 are the same routes
-# with another option, which test_gguf_quant_types.py and test_export_tiny.py cover; the Q4_0 file is still
-# written and read back here.
-TINY_FORMATS = ("checkpoint", "gguf-Q8_0", "gguf-Q4_0", "ir-gguf-Q8_0", "ir-int8")
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> SyntheticModel:
-    """The tiny Qwen2-layout model: the checkpoint, both GGUFs, and an IR by each export route."""
-    return build("tiny", tmp_path_factory.mktemp("synthetic"), TINY_FORMATS)
+def tiny(synthetic_home: Path) -> SyntheticModel:
+    """The tiny Qwen2-layout model in every format, built once per session (conftest.py; test_sizes.py
+    measures the same build)."""
+    return build("tiny", synthetic_home / "synthetic", FORMATS)
 
 
 @pytest.fixture(scope="module")
@@ -178,14 +172,14 @@ def test_folder_built_from_another_config_is_refused(tmp_path: Path) -> None:
 
 
 def test_build_writes_each_format_once(tiny: SyntheticModel) -> None:
-    assert set(tiny.paths) == set(TINY_FORMATS)
+    assert set(tiny.paths) == set(FORMATS)
     assert all(path.exists() for path in tiny.paths.values())
     assert sorted(tiny.ggufs) == ["Q4_0", "Q8_0"]
-    assert sorted(tiny.irs) == ["gguf-Q8_0", "int8"]
+    assert sorted(tiny.irs) == ["gguf-Q4_0", "gguf-Q8_0", "int4", "int8"]
     assert tiny.parameters == tiny.config.parameter_count
     assert not [path for path in tiny.folder.iterdir() if ".partial" in path.name]
     record = json.loads((tiny.folder / RECORD).read_text())
-    assert sorted(record["builds"]) == sorted(TINY_FORMATS)
+    assert sorted(record["builds"]) == sorted(FORMATS)
     steps: list[str] = []
     again = build_synthetic("tiny", tiny.folder.parent, ["ir-gguf-Q8_0"], progress=lambda step, *_: steps.append(step))
     assert steps == []  # it was there, and so was the GGUF it is made from
@@ -226,7 +220,15 @@ def test_abandoned_staging_is_removed(tiny: SyntheticModel) -> None:
 
 
 def test_formats_bring_what_they_are_made_from() -> None:
-    assert set(FORMATS) == {*TINY_FORMATS, "ir-gguf-Q4_0", "ir-int4"}
+    assert set(FORMATS) == {
+        "checkpoint",
+        "gguf-Q8_0",
+        "gguf-Q4_0",
+        "ir-gguf-Q8_0",
+        "ir-gguf-Q4_0",
+        "ir-int8",
+        "ir-int4",
+    }
     assert NEEDS == {
         "ir-gguf-Q8_0": "gguf-Q8_0",
         "ir-gguf-Q4_0": "gguf-Q4_0",

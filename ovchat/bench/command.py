@@ -32,6 +32,16 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
         "--concurrency", metavar="N[,N...]",
         help="clients at once, e.g. 1,2,4,8: ovchat serve against the one-reply lock and llama.cpp's server over HTTP",
     )  # fmt: skip
+    mode.add_argument(
+        "--synthetic", metavar="SIZE",
+        help="random weights in a public checkpoint's shapes (qwen2.5-0.5b, llama3.2-1b, qwen2.5-1.5b), built once: "
+        "ovchat and openvino-genai on each export against llama.cpp's llama-bench and the memory-bandwidth roofline",
+    )  # fmt: skip
+    bench.add_argument(
+        "--build-llamacpp", action="store_true",
+        help="build llama.cpp's own llama-bench and llama-server from the pinned llama-cpp-python's sources "
+        "(CMake, about 10 minutes, once) for --synthetic and --concurrency",
+    )  # fmt: skip
     bench.add_argument("--quick", action="store_true", help="fewer rounds, fewer tokens (under 3 minutes)")
     bench.add_argument("--threads", type=int, help="CPU threads for every engine (default: all cores)")
     # --json is the old spelling, kept working; `ask --json` is a flag, so the path got its own name.
@@ -65,6 +75,8 @@ def run(args: argparse.Namespace, models: list[Path]) -> int:
     started = time.perf_counter()
     if args.concurrency:
         kind, report, title, header, rows = _concurrency(args, models, console)
+    elif args.synthetic:
+        kind, report, title, header, rows = _synthetic(args, console)
     elif args.quality:
         kind, report, title, header, rows = _quality(models, console)
     else:
@@ -156,6 +168,32 @@ def _concurrency(args: argparse.Namespace, models: list[Path], console: Any) -> 
         f"medians of {settings['rounds']} rounds"
     )
     return ("concurrency", report, title, *format_concurrency_table(report))
+
+
+def _synthetic(args: argparse.Namespace, console: Any) -> Outcome:
+    import os
+
+    from ovchat.bench.llamacpp_native import cached_tools, ensure_llamacpp_tools
+    from ovchat.bench.sizes import format_synthetic_table, public_sizes, run_synthetic, synthetic_title
+
+    if args.synthetic not in public_sizes():
+        raise OvchatError(f"--synthetic {args.synthetic!r}: choose one of {', '.join(public_sizes())}")
+    if args.model or args.engines or args.variant or args.plot:
+        raise OvchatError("--synthetic builds its own models: no --model, --engines, --variant or --plot")
+    from rich.console import Console
+
+    from ovchat.export.logs import library_output_to_log
+
+    # The exports and the llama.cpp build print pages of their own; they go to a log, as the export's do.
+    with (
+        library_output_to_log(not args.verbose, "bench-synthetic") as (user_stream, _),
+        Console(file=user_stream, highlight=False).status("starting") as status,
+    ):
+        tools = ensure_llamacpp_tools(progress=status.update) if args.build_llamacpp else cached_tools()
+        report = run_synthetic(args.synthetic, args.threads or os.cpu_count() or 1, args.quick, tools, status.update)
+    for name, why in report["skipped"].items():
+        console.print(f"[yellow]skipped {name}[/yellow]: {why}")
+    return ("synthetic", report, synthetic_title(report), *format_synthetic_table(report))
 
 
 def _quality(models: list[Path], console: Any) -> Outcome:
