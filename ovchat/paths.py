@@ -14,6 +14,13 @@ def data_home() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".ovchat"
 
 
+def disk_bytes(path: Path) -> int:
+    """The bytes a file, or every file under a folder, takes."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+
+
 def models_dir() -> Path:
     """Exported IR folders, one per model and weight format."""
     return data_home() / "models"

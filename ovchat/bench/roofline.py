@@ -452,6 +452,12 @@ def fraction_of_roofline(
     return measured_tps / roofline_tokens_per_second(bandwidth, token_bytes)
 
 
+def describe_bandwidth(bandwidth: Bandwidth) -> dict[str, Any]:
+    """The measurement (threads, array size, copy and read GB/s), the ``kernel`` the roofline divides by, and
+    its ``gb_s``."""
+    return {**asdict(bandwidth), "kernel": ROOFLINE_KERNEL, "gb_s": bandwidth.roofline_gb_s}
+
+
 def describe(bandwidth: Bandwidth, token_bytes: TokenBytes, measured_tps: float | None = None) -> dict[str, Any]:
     """The roofline figures of one engine at one context length, as a bench report's JSON holds them.
 
@@ -463,7 +469,7 @@ def describe(bandwidth: Bandwidth, token_bytes: TokenBytes, measured_tps: float 
     - ``decode_tok_s`` and ``fraction_of_roofline``: the measured speed and its share (None if not given).
     """
     return {
-        "bandwidth": {**asdict(bandwidth), "kernel": ROOFLINE_KERNEL, "gb_s": bandwidth.roofline_gb_s},
+        "bandwidth": describe_bandwidth(bandwidth),
         "bytes_per_token": {**asdict(token_bytes), "total": token_bytes.total},
         "roofline_tok_s": roofline_tokens_per_second(bandwidth, token_bytes),
         "decode_tok_s": measured_tps,

@@ -19,7 +19,7 @@ from typing import Any
 
 from ovchat.bench.prompts import LengthPrompts
 from ovchat.bench.report import median, ratio
-from ovchat.bench.workers import Worker, WorkerPool
+from ovchat.bench.workers import Worker, WorkerPool, rotated
 from ovchat.machine import machine_facts
 from ovchat.paths import cache_dir
 
@@ -45,7 +45,13 @@ def run_synthetic(
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Build (once) and measure the synthetic ``size``; the report as a JSON-ready dict."""
-    from ovchat.bench.roofline import bytes_per_token_compiled, bytes_per_token_gguf, describe, measure_bandwidth
+    from ovchat.bench.roofline import (
+        bytes_per_token_compiled,
+        bytes_per_token_gguf,
+        describe,
+        describe_bandwidth,
+        measure_bandwidth,
+    )
     from ovchat.bench.synthetic import build_synthetic, default_synthetic_root
 
     def building(step: str, event: str, seconds: float | None) -> None:
@@ -67,8 +73,7 @@ def run_synthetic(
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {label: {"short": [], "long": []} for label in labels}
         for round_index in range(rounds):
             short, long = prompts.chat(SHORT_PROMPT_TOKENS), prompts.chat(PROMPT_TOKENS)
-            order = list(labels)[round_index % len(labels) :] + list(labels)[: round_index % len(labels)]
-            for label in order:
+            for label in rotated(list(labels), round_index):
                 progress(f"round {round_index + 1}/{rounds}: {label}")
                 runs[label]["short"].append(pool.workers[label].run(*short, new_tokens))
                 runs[label]["long"].append(pool.workers[label].run(*long, 8))
@@ -125,7 +130,7 @@ def run_synthetic(
             "roofline_context_tokens": context,
             "greedy": True,
         },
-        "bandwidth": rows[next(iter(rows))]["roofline"]["bandwidth"] if rows else None,
+        "bandwidth": describe_bandwidth(bandwidth),
         "engines": rows,
         "skipped": {} if llamacpp_tools else {"llama-bench": "not built: pass --build-llamacpp (about 10 minutes)"},
     }
@@ -169,9 +174,9 @@ def format_synthetic_table(report: dict[str, Any]) -> tuple[list[str], list[list
 
 
 def synthetic_title(report: dict[str, Any]) -> str:
-    model, settings, bandwidth = report["model"], report["settings"], report["bandwidth"] or {}
+    model, settings, bandwidth = report["model"], report["settings"], report["bandwidth"]
     return (
         f"{model['size']} ({model['parameters'] / 1e9:.2f}B parameters, random weights) · {report['machine']['cpu']} · "
         f"{report['machine']['threads']} threads · {settings['new_tokens']} new tokens · "
-        f"roofline at {bandwidth.get('gb_s', 0):.1f} GB/s read"
+        f"roofline at {bandwidth['gb_s']:.1f} GB/s read"
     )

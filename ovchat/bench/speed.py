@@ -19,7 +19,7 @@ from typing import Any
 from ovchat.bench.prompts import PROMPT_KINDS, PromptMaker
 from ovchat.bench.report import median, ratio
 from ovchat.bench.runners import ENGINE_NAMES, parse_ov_config
-from ovchat.bench.workers import Worker, WorkerPool, safe_name
+from ovchat.bench.workers import Worker, WorkerPool, rotated, safe_name
 from ovchat.errors import OvchatError
 from ovchat.machine import machine_facts
 from ovchat.model_folder import is_complete, read_manifest, source_gguf
@@ -99,9 +99,7 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
         workers = pool.workers
         for round_index in range(plan.rounds):
             prompts = prompt_maker.for_round(round_index)
-            # Rotate the order each round so no engine is always first after a pause.
-            order = list(workers)[round_index % len(workers) :] + list(workers)[: round_index % len(workers)]
-            for name in order:
+            for name in rotated(list(workers), round_index):
                 progress(f"round {round_index + 1}/{plan.rounds}: {name}")
                 for kind, new_tokens in (
                     ("short", plan.new_tokens),

@@ -36,7 +36,7 @@ import numpy as np
 from ovchat.errors import OvchatError
 from ovchat.machine import peak_rss_mb
 from ovchat.model_folder import MANIFEST, is_complete
-from ovchat.paths import data_home
+from ovchat.paths import data_home, disk_bytes
 
 if TYPE_CHECKING:
     from ovchat.export.gguf import GgufInfo
@@ -340,7 +340,7 @@ def build_synthetic(
         seconds = round(time.perf_counter() - started, 2)
         record["builds"][fmt] = {
             "seconds": seconds,
-            "bytes": _size(path),
+            "bytes": disk_bytes(path),
             # The process's high-water mark so far: it covers this step, and any earlier one of this process.
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }
@@ -742,12 +742,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

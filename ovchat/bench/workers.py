@@ -112,6 +112,12 @@ class WorkerPool:
         self.close()
 
 
+def rotated(labels: list[str], round_index: int) -> list[str]:
+    """``labels`` starting one further each round, so that no engine always runs first after a pause."""
+    shift = round_index % len(labels)
+    return labels[shift:] + labels[:shift]
+
+
 def safe_name(label: str) -> str:
     """A folder name for a row label such as ``ovchat:bf16``."""
     return "".join(char if char.isalnum() or char in "-_." else "-" for char in label)

@@ -27,7 +27,7 @@ from ovchat.export.sources import ModelSource, SourceKind, resolve_source, sha25
 from ovchat.extras import require_export_extra
 from ovchat.machine import peak_rss_mb
 from ovchat.model_folder import IR_BIN, MANIFEST, ROUTE_KEEP_GGUF_BLOCKS, ROUTE_OPTIMUM, missing_files
-from ovchat.paths import models_dir
+from ovchat.paths import disk_bytes, models_dir
 
 if TYPE_CHECKING:
     from ovchat.export.gguf import GgufInfo
@@ -80,10 +80,6 @@ def _package_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
     return versions
-
-
-def _folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 class _Steps:
@@ -393,7 +389,7 @@ def execute_export(plan: ExportPlan, *, progress: ProgressCallback | None = None
             "has_chat_template": read_chat_template(ir_dir) is not None,
             "sizes": {
                 "ir_bin_bytes": (ir_dir / IR_BIN).stat().st_size,
-                "folder_bytes": _folder_bytes(ir_dir),
+                "folder_bytes": disk_bytes(ir_dir),
             },
             "step_seconds": steps.seconds,
             "export_seconds": round(time.perf_counter() - started, 2),
