@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 from ovchat.errors import OvchatError, first_line
 
 if TYPE_CHECKING:
-    from ovchat.engine import Engine
+    from ovchat.engine import Decoding, Engine
     from ovchat.export import ExportOptions
     from ovchat.settings import GenerationSettings
 
@@ -195,6 +195,12 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def add_model_arguments(parser: argparse.ArgumentParser, system_prompt: bool = True) -> None:
     from ovchat.engine import BACKENDS, DEFAULT_BACKEND
+    from ovchat.engine.decoding import (
+        DECODING_MODES,
+        DEFAULT_ASSISTANT_TOKENS,
+        DEFAULT_DECODING,
+        DEFAULT_NGRAM_SIZE,
+    )
     from ovchat.prompt import TEMPLATE_CHOICES
 
     parser.add_argument(
@@ -214,6 +220,24 @@ def add_model_arguments(parser: argparse.ArgumentParser, system_prompt: bool = T
         help="generation loop: batched (openvino-genai's continuous batching, replies of several callers at once), "
         f"genai (its LLMPipeline, one reply at a time) or optimum (optimum-intel's) (default: {DEFAULT_BACKEND})",
     )
+    parser.add_argument(
+        "--decoding",
+        choices=DECODING_MODES,
+        help="plain, prompt-lookup (guess tokens from the prompt: rewrites, code edits) or draft (guess with "
+        f"--draft-model); a greedy reply keeps its tokens up to float rounding (default: {DEFAULT_DECODING})",
+    )
+    parser.add_argument(
+        "--draft-model", type=Path, metavar="FOLDER",
+        help="a smaller IR folder with the same tokenizer that guesses tokens; implies --decoding draft (greedy only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--assistant-tokens", type=int, metavar="N",
+        help=f"tokens guessed per step with prompt-lookup or draft (default: {DEFAULT_ASSISTANT_TOKENS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ngram-size", type=int, metavar="N",
+        help=f"prompt-lookup: most of the reply's last tokens looked for in the prompt (default: {DEFAULT_NGRAM_SIZE})",
+    )  # fmt: skip
     if system_prompt:
         parser.add_argument("--system", help="system prompt")
 
@@ -241,14 +265,21 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
     return GenerationSettings(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
 
 
+def decoding_from_args(args: argparse.Namespace) -> Decoding:
+    from ovchat.engine.decoding import decoding_from_options
+
+    return decoding_from_options(args.decoding, args.draft_model, args.assistant_tokens, args.ngram_size)
+
+
 def engine_from_args(args: argparse.Namespace) -> Engine:
     from rich.console import Console
 
     from ovchat.engine import Engine
 
+    decoding = decoding_from_args(args)  # bad flags fail before the model loads
     folder = args.model if args.model is not None else default_model(args.verbose)
     with Console(stderr=True).status(f"Loading {folder.name} on {args.device} ..."):
-        return Engine.load(folder, device=args.device, template=args.template, backend=args.backend)
+        return Engine.load(folder, device=args.device, template=args.template, backend=args.backend, decoding=decoding)
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -295,18 +326,24 @@ def run_bench(args: argparse.Namespace) -> int:
     from ovchat.bench import command
 
     # --synthetic builds its own models; the others run on the default model unless told.
-    return command.run(args, args.model or ([] if args.synthetic else [default_model(args.verbose)]))
+    return command.run(
+        args, args.model or ([] if args.synthetic or args.synthetic_report else [default_model(args.verbose)])
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from ovchat.engine import Engine
     from ovchat.server import command
 
-    folder = args.model if args.model is not None else default_model(args.verbose)
     options = command.engine_options(args)
+    decoding = decoding_from_args(args)
+    folder = args.model if args.model is not None else default_model(args.verbose)
 
     def load() -> Engine:
-        return Engine.load(folder, device=args.device, template=args.template, backend=args.backend, ov_config=options)
+        return Engine.load(
+            folder, device=args.device, template=args.template, backend=args.backend, ov_config=options,
+            decoding=decoding,
+        )  # fmt: skip
 
     return command.run(args, folder, load)
 

@@ -15,21 +15,48 @@ def peak_rss_mb() -> float:
     Read from /proc (VmHWM) where there is one: getrusage's ru_maxrss survives fork and exec, so a
     bench worker started by a parent holding 800 MB reported 800 MB as its own peak.
     """
+    own = _status_hwm_mb("self")
+    return own if own is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
+
+
+def _status_hwm_mb(pid: int | str) -> float | None:
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024  # kB
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return None
 
 
-def rss_mb() -> float:
-    """Resident memory now (not the peak): what the process holds after a reply."""
+def process_tree_peak_rss_mb() -> float:
+    """The peak resident memory of this process plus that of each child process still running, in MiB.
+
+    The page's default loop keeps the model in a child process (the batched scheduler), so this process's
+    own peak leaves the model out. The sum of each process's own peak is an upper bound on the tree's: the
+    processes need not have peaked at the same moment.
+    """
     import psutil
 
-    return psutil.Process().memory_info().rss / 2**20
+    total = peak_rss_mb()
+    for child in psutil.Process().children(recursive=True):
+        total += _status_hwm_mb(child.pid) or 0.0
+    return total
+
+
+def process_tree_rss_mb() -> float:
+    """Resident memory now of this process and its children (pages they share are counted twice)."""
+    import psutil
+
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
 
 
 def cpu_name() -> str:

@@ -32,7 +32,7 @@ from ovchat.export.pipeline import TOKENIZER_PROBES
 from ovchat.paths import HOME_ENV
 
 # The model cards' parameter counts, typed in independently of the configs.
-PUBLIC_PARAMETERS = {"qwen2.5-0.5b": 494e6, "qwen2.5-1.5b": 1.54e9, "llama3.2-1b": 1.24e9}
+PUBLIC_PARAMETERS = {"smollm2-135m": 135e6, "qwen2.5-0.5b": 494e6, "qwen2.5-1.5b": 1.54e9, "llama3.2-1b": 1.24e9}
 # Token ids of ordinary words, read at once: every position past the first shows whether the rotary
 # embedding pairs the rows the way the weights were written for.
 PROMPT_IDS = list(range(1000, 1032))
@@ -133,6 +133,32 @@ def test_named_config_is_what_transformers_builds(name: str) -> None:
     weights = {key: tuple(value.shape) for key, value in model.named_parameters()}  # a tied matrix once
     assert weights == {spec.hf_name: spec.shape for spec in config.tensors()}
     assert sum(int(np.prod(shape)) for shape in weights.values()) == config.parameter_count
+
+
+def test_the_smollm2_size_has_the_default_models_own_shapes() -> None:
+    """smollm2-135m against the GGUF the default model ships as (read, not built): every tensor by name and
+    shape, and the fields llama.cpp reads. No output.weight: the embeddings are tied."""
+    from gguf import GGUFReader
+
+    from ovchat.export.sources import resolve_source
+
+    config = SYNTHETIC_SIZES["smollm2-135m"]
+    reader = GGUFReader(resolve_source(None).path)
+    # GGUF lists a shape innermost first, (in_features, out_features); transformers the other way round.
+    shapes = {tensor.name: tuple(int(size) for size in reversed(tensor.shape)) for tensor in reader.tensors}
+    assert shapes == {spec.gguf_name: spec.shape for spec in config.tensors()}
+    assert sum(int(tensor.n_elements) for tensor in reader.tensors) == config.parameter_count
+
+    def field(key: str) -> Any:
+        return reader.fields[key].contents()
+
+    assert field("general.architecture") == config.architecture
+    assert len(field("tokenizer.ggml.tokens")) == config.vocab_size  # the tokenizer's own: nothing is padded
+    assert field("llama.context_length") == config.max_position_embeddings
+    assert field("llama.attention.head_count") == config.num_heads
+    assert field("llama.attention.head_count_kv") == config.num_kv_heads
+    assert field("llama.rope.freq_base") == config.rope_theta
+    assert field("llama.attention.layer_norm_rms_epsilon") == pytest.approx(config.rms_norm_eps)
 
 
 def test_inconsistent_config_is_described() -> None:

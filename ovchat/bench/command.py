@@ -29,13 +29,25 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     mode.add_argument("--scaling", action="store_true", help="TTFT, decode speed and memory against prompt length")
     mode.add_argument("--quality", action="store_true", help="perplexity of each --model on a text ovchat ships")
     mode.add_argument(
+        "--decoding", action="store_true",
+        help="plain decoding against prompt lookup (and --draft-model) on prompts a reply copies from and open ones",
+    )  # fmt: skip
+    bench.add_argument("--draft-model", type=Path, metavar="FOLDER", help="--decoding: add a row for this draft model")
+    mode.add_argument(
         "--concurrency", metavar="N[,N...]",
         help="clients at once, e.g. 1,2,4,8: ovchat serve against the one-reply lock and llama.cpp's server over HTTP",
     )  # fmt: skip
     mode.add_argument(
-        "--synthetic", metavar="SIZE",
-        help="random weights in a public checkpoint's shapes (qwen2.5-0.5b, llama3.2-1b, qwen2.5-1.5b), built once: "
-        "ovchat and openvino-genai on each export against llama.cpp's llama-bench and the memory-bandwidth roofline",
+        "--synthetic", metavar="SIZE[,SIZE...]",
+        help="random weights in public checkpoints' shapes (smollm2-135m, qwen2.5-0.5b, llama3.2-1b, qwen2.5-1.5b; "
+        "several comma-separated run one after another into one report), built once: ovchat and openvino-genai on "
+        "each export against llama.cpp's llama-bench and the memory-bandwidth roofline; --plot draws decode "
+        "against model size",
+    )  # fmt: skip
+    mode.add_argument(
+        "--synthetic-report", type=Path, action="append", metavar="PATH",
+        help="a report --synthetic wrote before; repeat it to combine sizes measured at different times on one "
+        "CPU into one report and, with --plot, one chart (nothing is measured)",
     )  # fmt: skip
     bench.add_argument(
         "--build-llamacpp", action="store_true",
@@ -67,7 +79,7 @@ def run(args: argparse.Namespace, models: list[Path]) -> int:
         raise OvchatError("give one --model, or several with --scaling or --quality")
     if args.variant and args.quality:
         raise OvchatError("--variant applies to the speed benches, not to --quality")
-    if not args.concurrency:
+    if not (args.concurrency or args.decoding):  # --decoding runs Engine.stream only
         # Their reference prompts come from the Hugging Face tokenizer, and --quality reads logits through
         # optimum-intel and PyTorch.
         require_export_extra("ovchat bench without --concurrency")
@@ -75,10 +87,14 @@ def run(args: argparse.Namespace, models: list[Path]) -> int:
     started = time.perf_counter()
     if args.concurrency:
         kind, report, title, header, rows = _concurrency(args, models, console)
-    elif args.synthetic:
+    elif args.synthetic or args.synthetic_report:
         kind, report, title, header, rows = _synthetic(args, console)
     elif args.quality:
         kind, report, title, header, rows = _quality(models, console)
+    elif args.decoding:
+        from ovchat.bench.decoding import decoding_bench
+
+        kind, report, title, header, rows = decoding_bench(args, models, console)
     else:
         from ovchat.bench.speed import plan_bench, source_checkpoint
 
@@ -173,27 +189,47 @@ def _concurrency(args: argparse.Namespace, models: list[Path], console: Any) -> 
 def _synthetic(args: argparse.Namespace, console: Any) -> Outcome:
     import os
 
-    from ovchat.bench.llamacpp_native import cached_tools, ensure_llamacpp_tools
-    from ovchat.bench.sizes import format_synthetic_table, public_sizes, run_synthetic, synthetic_title
+    from ovchat.bench.report import print_table
+    from ovchat.bench.sizes import (
+        combine_synthetic_reports,
+        format_synthetic_table,
+        parse_sizes,
+        read_synthetic_reports,
+        run_synthetic_sizes,
+        synthetic_reports,
+        synthetic_title,
+    )
 
-    if args.synthetic not in public_sizes():
-        raise OvchatError(f"--synthetic {args.synthetic!r}: choose one of {', '.join(public_sizes())}")
-    if args.model or args.engines or args.variant or args.plot:
-        raise OvchatError("--synthetic builds its own models: no --model, --engines, --variant or --plot")
-    from rich.console import Console
+    flag = "--synthetic-report" if args.synthetic_report else "--synthetic"
+    if args.model or args.engines or args.variant:
+        raise OvchatError(f"{flag} needs no --model, --engines or --variant: it brings its own models")
+    if args.synthetic_report:
+        if args.build_llamacpp or args.quick or args.threads:
+            raise OvchatError("--synthetic-report measures nothing: no --build-llamacpp, --quick or --threads")
+        report = combine_synthetic_reports(read_synthetic_reports(args.synthetic_report))
+    else:
+        sizes = parse_sizes(args.synthetic)
+        from rich.console import Console
 
-    from ovchat.export.logs import library_output_to_log
+        from ovchat.bench.llamacpp_native import cached_tools, ensure_llamacpp_tools
+        from ovchat.export.logs import library_output_to_log
 
-    # The exports and the llama.cpp build print pages of their own; they go to a log, as the export's do.
-    with (
-        library_output_to_log(not args.verbose, "bench-synthetic") as (user_stream, _),
-        Console(file=user_stream, highlight=False).status("starting") as status,
-    ):
-        tools = ensure_llamacpp_tools(progress=status.update) if args.build_llamacpp else cached_tools()
-        report = run_synthetic(args.synthetic, args.threads or os.cpu_count() or 1, args.quick, tools, status.update)
-    for name, why in report["skipped"].items():
-        console.print(f"[yellow]skipped {name}[/yellow]: {why}")
-    return ("synthetic", report, synthetic_title(report), *format_synthetic_table(report))
+        # The exports and the llama.cpp build print pages of their own; they go to a log, as the export's do.
+        with (
+            library_output_to_log(not args.verbose, "bench-synthetic") as (user_stream, _),
+            Console(file=user_stream, highlight=False).status("starting") as status,
+        ):
+            tools = ensure_llamacpp_tools(progress=status.update) if args.build_llamacpp else cached_tools()
+            threads = args.threads or os.cpu_count() or 1
+            report = run_synthetic_sizes(sizes, threads, args.quick, tools, status.update)
+    per_size = synthetic_reports(report)
+    for size_report in per_size:
+        for name, why in size_report.get("skipped", {}).items():
+            console.print(f"[yellow]skipped {name}[/yellow] ({size_report['model']['size']}): {why}")
+    # A table per size: run() prints the one returned, so the sizes before the last are printed here, in order.
+    for size_report in per_size[:-1]:
+        print_table(synthetic_title(size_report), *format_synthetic_table(size_report))
+    return ("synthetic", report, synthetic_title(per_size[-1]), *format_synthetic_table(per_size[-1]))
 
 
 def _quality(models: list[Path], console: Any) -> Outcome:
@@ -220,6 +256,10 @@ def _draw(kind: str, report: dict[str, Any], path: Path) -> None:
         from ovchat.bench.quality import draw_quality_chart
 
         draw_quality_chart(report, path)
+    elif kind == "synthetic":
+        from ovchat.bench.sizes import draw_synthetic_chart, synthetic_reports
+
+        draw_synthetic_chart(synthetic_reports(report), path)
     else:
         from ovchat.bench.report import draw_chart
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ovchat.machine import has_amx, peak_rss_mb, rss_mb
+from ovchat.machine import has_amx, process_tree_peak_rss_mb, process_tree_rss_mb
 from ovchat.prompt import Message
 
 
@@ -61,8 +61,28 @@ class OvchatRunner(Runner):
     def __init__(self, options: argparse.Namespace) -> None:
         super().__init__(options)
         from ovchat.engine import Engine
+        from ovchat.engine.decoding import decoding_from_options
 
-        self.engine = Engine.load(options.ir, ov_config={**ov_threads(options.threads), **options.ov_config})
+        decoding = decoding_from_options(options.decoding, options.draft_model)
+        config = {**ov_threads(options.threads), **options.ov_config}
+        self.engine = Engine.load(options.ir, ov_config=config, decoding=decoding)
+        self.steps = _StepCounter(self.engine.backend)
+        self.engine.backend = self.steps  # type: ignore[assignment]
+
+    def timed_reply(self, messages: list[Message], max_new_tokens: int) -> dict[str, Any]:
+        """One greedy reply through Engine.stream: its text, wall time, stats and the pipeline steps it
+        took (``ovchat bench --decoding``: guessing decoders make several tokens a step)."""
+        from ovchat.engine import collect
+
+        steps_before = self.steps.count
+        started = time.perf_counter()
+        reply = collect(self.engine.stream(messages, greedy(max_new_tokens)))
+        reply_s = time.perf_counter() - started
+        stats = reply.stats
+        return {
+            "text": reply.text, "reply_s": reply_s, "new_tokens": stats.new_tokens, "ttft_s": stats.ttft_s,
+            "decode_tok_s": stats.decode_tok_s, "steps": self.steps.count - steps_before,
+        }  # fmt: skip
 
     def run(self, messages: list[Message], prompt: str, max_new_tokens: int) -> Sample:
         from ovchat.engine import collect
@@ -90,6 +110,25 @@ class OvchatRunner(Runner):
         token_ids = generate_unstreamed(request)
         bare_s = (time.perf_counter() - started) / max(len(token_ids), 1)
         return {"streamed_s_per_token": streamed_s, "bare_s_per_token": bare_s}
+
+
+class _StepCounter:
+    """The engine's backend, counting its hand-overs of tokens: the openvino-genai loops hand over each
+    pipeline step's tokens at once, so this counts steps."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.count = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    def generate(self, request: Any, on_tokens: Any, should_stop: Any) -> None:
+        def counted(token_ids: list[int]) -> None:
+            self.count += 1
+            on_tokens(token_ids)
+
+        self.backend.generate(request, counted, should_stop)
 
 
 def greedy(max_new_tokens: int) -> Any:
@@ -263,6 +302,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--ov-config", action="append", default=[], help="KEY=VALUE OpenVINO property")
+    parser.add_argument("--decoding", help="ovchat only: plain, prompt-lookup or draft")
+    parser.add_argument("--draft-model", type=Path, help="ovchat only: the draft model's IR folder")
     options = parser.parse_args(argv)
     options.ov_config = parse_ov_config(options.ov_config)
     reply = sys.stdout
@@ -277,10 +318,13 @@ def worker_main(argv: list[str] | None = None) -> int:
                 runner.forget_prompts()
             sample = runner.run(command["messages"], command["prompt"], command["max_new_tokens"])
             answer: dict[str, Any] = asdict(sample)
+        elif command["op"] == "timed_reply" and isinstance(runner, OvchatRunner):
+            answer = runner.timed_reply(command["messages"], command["max_new_tokens"])
         elif command["op"] == "streaming_cost" and isinstance(runner, OvchatRunner):
             answer = runner.streaming_cost(command["streamed"], command["bare"], command["max_new_tokens"])
         elif command["op"] == "stats":
-            answer = {"peak_rss_mb": peak_rss_mb(), "rss_mb": rss_mb()}
+            # The tree's: the page's loop keeps the model in a child process of the worker.
+            answer = {"peak_rss_mb": process_tree_peak_rss_mb(), "rss_mb": process_tree_rss_mb()}
         else:
             answer = {"error": f"unknown op {command['op']!r}"}
         print(json.dumps(answer), file=reply, flush=True)

@@ -173,6 +173,25 @@ class TensorSpec:
 
 # Typed in from each checkpoint's public config.json (no download). Parameter counts are the model cards'.
 SYNTHETIC_SIZES: dict[str, SyntheticConfig] = {
+    # HuggingFaceTB/SmolLM2-135M-Instruct: the default model's own shapes, so that its size is measured as the
+    # larger ones are (Q8_0/Q4_0 GGUFs and their kept blocks, int8/int4). Its 49,152-token vocabulary is the
+    # tokenizer's, so nothing is padded; 9 heads over 3 KV heads, with each row's 576 values in 18 GGUF blocks.
+    "smollm2-135m": SyntheticConfig(
+        checkpoint="HuggingFaceTB/SmolLM2-135M-Instruct",
+        architecture="llama",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=8192,
+        public_parameters=135_000_000,
+    ),
     # Qwen/Qwen2.5-0.5B-Instruct
     "qwen2.5-0.5b": SyntheticConfig(
         checkpoint="Qwen/Qwen2.5-0.5B-Instruct",

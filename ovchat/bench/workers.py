@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,10 @@ class Worker:
         gguf: Path | None = None,
         checkpoint: Path | None = None,
         ov_config: dict[str, str] | None = None,
+        runner_args: Sequence[str] = (),
     ) -> None:
         command = [sys.executable, "-m", "ovchat.bench.runners", engine, "--ir", str(ir), "--threads", str(threads)]
+        command += runner_args  # the runner's own flags (the ovchat runner's --decoding)
         if gguf:
             command += ["--gguf", str(gguf)]
         if checkpoint:

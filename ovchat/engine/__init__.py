@@ -12,17 +12,21 @@ from ovchat.engine.backends import (
     GenerationRequest,
     installed_backends,
 )
+from ovchat.engine.decoding import DECODING_MODES, DEFAULT_DECODING, Decoding
 from ovchat.engine.engine import Engine, StreamingEngine
 from ovchat.engine.runtime import available_devices
 from ovchat.engine.streaming import FINISH_REASONS, Chunk, Reply, ReplyStats, collect
 
 __all__ = [
     "BACKENDS",
+    "DECODING_MODES",
     "DEFAULT_BACKEND",
+    "DEFAULT_DECODING",
     "FINISH_REASONS",
     "OPTIMUM_BACKEND",
     "Backend",
     "Chunk",
+    "Decoding",
     "Engine",
     "GenerationRequest",
     "Reply",

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ovchat import model_folder
-from ovchat.engine.backends import DEFAULT_BACKEND, Backend, GenerationRequest, backend_loader
+from ovchat.engine.backends import DEFAULT_BACKEND, OPTIMUM_BACKEND, Backend, GenerationRequest, backend_loader
+from ovchat.engine.decoding import DECODING_OPTION, DRAFT, PLAIN_DECODING, Decoding
 from ovchat.engine.runtime import check_device, compile_properties
 from ovchat.engine.streaming import Chunk, Reply, StopCutter, collect, reply_stats
 from ovchat.engine.worker import Heartbeat, ReplyWorker
@@ -49,8 +50,10 @@ class Engine:
         device: str,
         template: str = "auto",
         context_length: int | None = None,
+        decoding: Decoding = PLAIN_DECODING,
     ) -> None:
         self.backend = backend
+        self.decoding = decoding
         self.tokenizer = backend.tokenizer
         self.path = path
         self.device = device
@@ -72,14 +75,19 @@ class Engine:
         template: str = "auto",
         context_length: int | None = None,
         backend: str = DEFAULT_BACKEND,
+        decoding: Decoding = PLAIN_DECODING,
     ) -> Engine:
         """Load an IR folder made by ``export_ir.py``.
 
         ``backend`` picks the generation loop by name (:data:`~ovchat.engine.backends.BACKENDS`):
         ``genai``, openvino-genai's C++ loop with its own tokenizer (no transformers or torch), or
         ``optimum``, OVModelForCausalLM.generate in Python. ``ov_config`` adds OpenVINO properties.
+        ``decoding`` (:mod:`ovchat.engine.decoding`) turns on prompt lookup or a draft model, on the
+        openvino-genai loops only.
         """
         load_backend = backend_loader(backend)
+        if decoding.guesses and backend == OPTIMUM_BACKEND:
+            raise OvchatError(f"the {OPTIMUM_BACKEND} loop decodes plainly only; use the batched or genai loop")
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise OvchatError(f"model folder {folder} does not exist; export one with export_ir.py")
@@ -88,11 +96,15 @@ class Engine:
             raise OvchatError(f"{folder} is not an exported model: missing {', '.join(missing)}")
         check_device(device)
         properties = compile_properties(device, ov_config, use_cache_dir)
+        if decoding.guesses:
+            properties[DECODING_OPTION] = decoding
         try:
             loaded = load_backend(folder, device, properties)
+        except OvchatError:
+            raise  # already one line the user can act on (a draft model of another vocabulary)
         except Exception as error:
             raise OvchatError(f"could not load {folder}: {first_line(error)}") from error
-        return cls(loaded, folder, device, template=template, context_length=context_length)
+        return cls(loaded, folder, device, template=template, context_length=context_length, decoding=decoding)
 
     def encode(self, messages: list[Message]) -> list[int]:
         prompt = render_prompt(self.tokenizer, messages, self.template)
@@ -104,6 +116,14 @@ class Engine:
 
     def request(self, prompt_ids: list[int], settings: GenerationSettings) -> GenerationRequest:
         """What a backend generates for this prompt: the settings and this model's end tokens."""
+        if self.decoding.mode == DRAFT and not settings.greedy:
+            # openvino-genai 2026.4.1 fails most sampled replies with a draft model ("Check 'content_length
+            # <= prompt_ids.size() + m_generated_ids.size()' failed", 8 of 12 seeds) and leaks the reply's
+            # KV blocks, after which even greedy replies change; greedy replies were always right.
+            raise OvchatError(
+                "the draft-model decoding is greedy only (openvino-genai fails sampled replies with it); "
+                "set the temperature to 0, or use --decoding prompt-lookup"
+            )
         return GenerationRequest(prompt_ids, settings, frozenset(self.eos_token_ids), self.pad_token_id)
 
     def stream(

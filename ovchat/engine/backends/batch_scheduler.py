@@ -26,7 +26,8 @@ from typing import Any
 
 import openvino_genai
 
-from ovchat.engine.backends.genai import generation_config, prompt_tensor
+from ovchat.engine.backends.genai import decoding_properties, generation_config, prompt_tensor
+from ovchat.engine.decoding import PLAIN_DECODING, Decoding
 from ovchat.errors import OvchatError, first_line
 from ovchat.model_folder import model_context_length, read_model_configs
 from ovchat.settings import GenerationSettings
@@ -76,11 +77,18 @@ def scheduler_config(
     return scheduler
 
 
-def load_pipeline(folder: Path, device: str, properties: Mapping[str, Any], scheduler: Mapping[str, Any]) -> Any:
+def load_pipeline(
+    folder: Path,
+    device: str,
+    properties: Mapping[str, Any],
+    scheduler: Mapping[str, Any],
+    decoding: Decoding = PLAIN_DECODING,
+) -> Any:
     import psutil
 
     options = dict(properties)
     options.pop("ATTENTION_BACKEND", None)  # continuous batching is PagedAttention
+    options.update(decoding_properties(decoding, device))
     sized = scheduler_config(read_model_configs(folder)[0], psutil.virtual_memory().available, scheduler)
     return openvino_genai.ContinuousBatchingPipeline(str(folder), sized, device, options), sized.max_num_seqs
 
@@ -130,9 +138,10 @@ class Scheduler:
     in order of arrival. (The pipeline's scheduler does not hold to max_num_seqs with dynamic
     split-fuse on: two requests ran together with max_num_seqs=1 in openvino-genai 2026.4.)"""
 
-    def __init__(self, pipeline: Any, max_running: int) -> None:
+    def __init__(self, pipeline: Any, max_running: int, decoding: Decoding = PLAIN_DECODING) -> None:
         self.pipeline = pipeline
         self.max_running = max_running
+        self.decoding = decoding  # the pipeline's: every request it takes must carry its guesses
         self.running: dict[int, _Running] = {}
         self.waiting: collections.deque[Job] = collections.deque()
         self.deferred: list[Job] = []  # unstreamed jobs wait until no reply is running
@@ -186,7 +195,7 @@ class Scheduler:
         while self.waiting and len(self.running) < self.max_running:
             job = self.waiting.popleft()
             try:
-                config = generation_config(job.settings, job.end_token_ids)
+                config = generation_config(job.settings, job.end_token_ids, self.decoding)
                 handle = self.pipeline.add_request(job.request_id, prompt_tensor(job.prompt_ids), config)
             except Exception as error:
                 refused = OvchatError(f"the model could not take the request: {first_line(error)}")
@@ -231,7 +240,7 @@ class Scheduler:
 
     def _run_unstreamed(self, job: Job) -> list[tuple[int, Item]]:
         try:
-            config = generation_config(job.settings, job.end_token_ids)
+            config = generation_config(job.settings, job.end_token_ids, self.decoding)
             results = self.pipeline.generate([prompt_tensor(job.prompt_ids)], [config])
         except Exception as error:
             return [(job.request_id, OvchatError(f"the model failed: {first_line(error)}"))]
@@ -245,8 +254,8 @@ def run_in_child(connection: Any) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when this process ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        folder, device, properties, scheduler = connection.recv()
-        pipeline, max_running = load_pipeline(folder, device, properties, scheduler)
+        folder, device, properties, scheduler, decoding = connection.recv()
+        pipeline, max_running = load_pipeline(folder, device, properties, scheduler, decoding)
     except Exception as error:
         connection.send(("failed", first_line(error)))
         return
@@ -274,7 +283,7 @@ def run_in_child(connection: Any) -> None:
         except OSError:  # the parent has gone
             inbox.put(SHUTDOWN)
 
-    Scheduler(pipeline, max_running).run(inbox, send)
+    Scheduler(pipeline, max_running, decoding).run(inbox, send)
 
 
 def child_main() -> None:

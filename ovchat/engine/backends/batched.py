@@ -51,7 +51,8 @@ from ovchat.engine.backends.batch_scheduler import (
     Stop,
     load_pipeline,
 )
-from ovchat.engine.backends.genai import GenaiPipelineBackend
+from ovchat.engine.backends.genai import GenaiPipelineBackend, check_draft_vocabulary, pop_decoding
+from ovchat.engine.decoding import Decoding
 from ovchat.errors import OvchatError
 
 # How often a waiting caller looks at its stop flag when no token came.
@@ -81,15 +82,18 @@ def _weakly(method: Callable[..., None]) -> Callable[..., None]:
 class _ThreadLoop:
     """The scheduler in a thread of this process."""
 
-    def __init__(self, folder: Path, device: str, options: dict[str, Any], scheduler: dict[str, Any]) -> None:
-        self.pipeline, self.max_running = load_pipeline(folder, device, options, scheduler)
+    def __init__(
+        self, folder: Path, device: str, options: dict[str, Any], scheduler: dict[str, Any], decoding: Decoding
+    ) -> None:
+        self.pipeline, self.max_running = load_pipeline(folder, device, options, scheduler, decoding)
+        self.decoding = decoding
         self._inbox: queue.Queue[Any] = queue.Queue()
 
     def tokenizer(self) -> Any:
         return self.pipeline.get_tokenizer()
 
     def start(self, deliver: Deliver, fail: Fail) -> None:
-        loop = Scheduler(self.pipeline, self.max_running)
+        loop = Scheduler(self.pipeline, self.max_running, self.decoding)
         thread = threading.Thread(target=loop.run, args=(self._inbox, deliver), name="ovchat-scheduler", daemon=True)
         thread.start()
 
@@ -105,7 +109,9 @@ class _ChildLoop:
     to a reader thread here. A fresh interpreter, not multiprocessing: its spawn re-imports the
     caller's main script, which fails in any script without an ``if __name__ == "__main__"`` guard."""
 
-    def __init__(self, folder: Path, device: str, options: dict[str, Any], scheduler: dict[str, Any]) -> None:
+    def __init__(
+        self, folder: Path, device: str, options: dict[str, Any], scheduler: dict[str, Any], decoding: Decoding
+    ) -> None:
         self.folder = folder
         self._socket, theirs = socket.socketpair()
         # ovchat is importable in the child even when this process found it through its own sys.path.
@@ -121,7 +127,7 @@ class _ChildLoop:
         self._connection = Connection(os.dup(self._socket.fileno()))
         self._sending = threading.Lock()  # callers' threads send; the pipe takes one message at a time
         try:
-            self._connection.send((folder, device, options, scheduler))
+            self._connection.send((folder, device, options, scheduler, decoding))
             self.max_running = self._await_load()
         except BaseException:
             self.close()
@@ -134,7 +140,7 @@ class _ChildLoop:
             )
         try:
             status, detail = self._connection.recv()
-        except EOFError:
+        except (EOFError, OSError):  # a child that crashes mid-load can reset the socket instead of closing it
             raise OvchatError(f"the model's scheduler process ended while loading ({self._ended()})") from None
         if status == "failed":
             raise OvchatError(detail)
@@ -202,10 +208,12 @@ class BatchedBackend(GenaiPipelineBackend):
         options = dict(properties)
         where = options.pop(BATCH_LOOP_OPTION, DEFAULT_BATCH_LOOP)
         scheduler = dict(options.pop(SCHEDULER_OPTION, None) or {})
+        decoding = pop_decoding(options)
         if where not in BATCH_LOOPS:
             raise OvchatError(f"unknown batch loop {where!r}; choose one of {', '.join(BATCH_LOOPS)}")
+        check_draft_vocabulary(folder, decoding)  # here: the child's error would be openvino-genai's weaker one
         loop = _ThreadLoop if where == "thread" else _ChildLoop
-        return cls(loop(folder, device, options, scheduler), folder)
+        return cls(loop(folder, device, options, scheduler, decoding), folder)
 
     def _deliver(self, events: list[tuple[int, Item]], metrics: BatchedMetrics) -> None:
         self._metrics = metrics
