@@ -16,7 +16,7 @@ import pytest
 from ovchat.bench.quality import perplexity, text_windows
 from ovchat.bench.report import format_table, median, ratio
 from ovchat.bench.runners import decode_rate
-from ovchat.bench.scaling import scaling_labels, scaling_lengths
+from ovchat.bench.scaling import parse_lengths, scaling_labels, scaling_lengths
 from ovchat.bench.speed import parse_variant, plan_bench, source_checkpoint, streaming_overhead, summarize
 from ovchat.errors import OvchatError
 
@@ -138,6 +138,8 @@ def test_scaling_lengths_leave_room_for_the_reply_and_labels_name_each_ir(tmp_pa
     assert scaling_lengths(8192, quick=True, new_tokens=32) == [128, 1024, 4096]
     assert scaling_lengths(512, quick=False, new_tokens=32) == [128, 256]  # 512 + 32 + template > 512
     assert scaling_lengths(128, quick=False, new_tokens=32) == []
+    assert scaling_lengths(2048, quick=False, new_tokens=32, asked=[64, 1024, 4096]) == [64, 1024]
+
     int8, int4 = tmp_path / "m-int8", tmp_path / "m-int4"
     labels = scaling_labels([int8, int4], with_llamacpp=True)
     assert labels == {
@@ -232,3 +234,10 @@ def test_several_models_need_scaling_or_quality(tiny_irs: dict[str, Path]) -> No
         capture_output=True, text=True, env=os.environ.copy(), timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode != 0 and "give one --model" in result.stderr
+
+
+def test_asked_lengths_are_parsed_or_refused_in_one_line() -> None:
+    assert parse_lengths("1024,64,64") == [64, 1024]
+    for text, why in (("64,many", "whole numbers"), ("8", "at least 16")):
+        with pytest.raises(OvchatError, match=why):
+            parse_lengths(text)

@@ -27,6 +27,11 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     mode = bench.add_mutually_exclusive_group()
     mode.add_argument("--scaling", action="store_true", help="TTFT, decode speed and memory against prompt length")
+    bench.add_argument(
+        "--lengths", metavar="N[,N...]",
+        help="--scaling: these prompt lengths in tokens (default 128 to 4096); e.g. 64,1024 to compare exports "
+        "and --variant rows on decode and on reading a long prompt",
+    )  # fmt: skip
     mode.add_argument("--quality", action="store_true", help="perplexity of each --model on a text ovchat ships")
     mode.add_argument(
         "--decoding", action="store_true",
@@ -77,6 +82,8 @@ def run(args: argparse.Namespace, models: list[Path]) -> int:
 
     if not (args.scaling or args.quality) and len(models) > 1:
         raise OvchatError("give one --model, or several with --scaling or --quality")
+    if args.lengths and not args.scaling:
+        raise OvchatError("--lengths applies to --scaling only")
     if args.variant and args.quality:
         raise OvchatError("--variant applies to the speed benches, not to --quality")
     if not (args.concurrency or args.decoding):  # --decoding runs Engine.stream only
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace, models: list[Path]) -> int:
         for name, why in plan.notes.items():
             console.print(f"[yellow]skipped {name}[/yellow]: {escape(why)}")
         if args.scaling:
-            kind, report, title, header, rows = _scaling(plan, models, args.quick, console)
+            kind, report, title, header, rows = _scaling(plan, models, args.quick, args.lengths, console)
         else:
             kind, report, title, header, rows = _side_by_side(plan, console)
     report["seconds"] = time.perf_counter() - started
@@ -139,11 +146,12 @@ def _side_by_side(plan: Any, console: Any) -> Outcome:
     return "bench", report, title, TABLE_HEADER, format_table(report)
 
 
-def _scaling(plan: Any, models: list[Path], quick: bool, console: Any) -> Outcome:
-    from ovchat.bench.scaling import format_scaling_table, run_scaling
+def _scaling(plan: Any, models: list[Path], quick: bool, lengths: str | None, console: Any) -> Outcome:
+    from ovchat.bench.scaling import format_scaling_table, parse_lengths, run_scaling
 
+    asked = parse_lengths(lengths) if lengths else []
     with console.status("starting") as status:
-        report = run_scaling(plan, models, quick, progress=status.update)
+        report = run_scaling(plan, models, quick, progress=status.update, asked_lengths=asked)
     title = f"{plan.threads} threads · medians of {report['settings']['rounds']} rounds"
     return ("scaling", report, title, *format_scaling_table(report))
 

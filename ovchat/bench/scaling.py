@@ -29,9 +29,21 @@ SCALING_NEW_TOKENS = 32
 TEMPLATE_ROOM = 64
 
 
-def scaling_lengths(context: int, quick: bool, new_tokens: int) -> list[int]:
-    """The prompt lengths that fit the model's context with room for the reply and the template."""
-    wanted = QUICK_LENGTHS if quick else SCALING_LENGTHS
+def parse_lengths(text: str) -> list[int]:
+    """``--lengths``: comma-separated prompt lengths in tokens, each at least 16."""
+    try:
+        lengths = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise OvchatError(f"--lengths {text!r}: expected whole numbers of tokens, e.g. 64,1024") from None
+    if any(length < 16 for length in lengths):
+        raise OvchatError(f"--lengths {text!r}: every length must be at least 16 tokens")
+    return sorted(set(lengths))
+
+
+def scaling_lengths(context: int, quick: bool, new_tokens: int, asked: Sequence[int] = ()) -> list[int]:
+    """The prompt lengths (``asked``, or the default ones) that fit the model's context with room for the reply
+    and the template."""
+    wanted = asked or (QUICK_LENGTHS if quick else SCALING_LENGTHS)
     return [length for length in wanted if length + new_tokens + TEMPLATE_ROOM <= context]
 
 
@@ -59,13 +71,15 @@ def run_scaling(
     irs: Sequence[Path],
     quick: bool,
     progress: Callable[[str], None] = lambda message: None,
+    asked_lengths: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Measure every IR (and llama.cpp when ``plan`` has it) at each prompt length."""
+    """Measure every IR (and llama.cpp when ``plan`` has it) at each prompt length (``asked_lengths`` or the
+    default ones)."""
     rounds = 1 if quick else 2
     context = min(context_length(ir) for ir in irs)
-    lengths = scaling_lengths(context, quick, SCALING_NEW_TOKENS)
+    lengths = scaling_lengths(context, quick, SCALING_NEW_TOKENS, asked_lengths)
     if not lengths:
-        raise OvchatError(f"the context ({context} tokens) is too small for a scaling run")
+        raise OvchatError(f"the context ({context} tokens) is too small for a scaling run at these lengths")
     labels = scaling_labels(irs, "llamacpp" in plan.engines, plan.variants)
     rows: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     with WorkerPool(cache_dir() / "bench" / ("scaling-" + time.strftime("%Y%m%d-%H%M%S")), progress) as pool:

@@ -128,6 +128,8 @@ class _ChildLoop:
         self._sending = threading.Lock()  # callers' threads send; the pipe takes one message at a time
         try:
             self._connection.send((folder, device, options, scheduler, decoding))
+            # This process's tokenizer compiles while the child loads the model, not after it.
+            self._tokenizer = openvino_genai.Tokenizer(str(folder))
             self.max_running = self._await_load()
         except BaseException:
             self.close()
@@ -153,7 +155,7 @@ class _ChildLoop:
             return "it does not answer"
 
     def tokenizer(self) -> Any:
-        return openvino_genai.Tokenizer(str(self.folder))
+        return self._tokenizer
 
     def start(self, deliver: Deliver, fail: Fail) -> None:
         reader = threading.Thread(target=self._receive, args=(deliver, fail), name="ovchat-scheduler-reader")
