@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from ovchat.machine import cpu_name, peak_rss_mb, process_tree_peak_rss_mb, process_tree_rss_mb
 
 CHILD_PEAK = "from ovchat.machine import peak_rss_mb; print(peak_rss_mb())"
@@ -34,3 +36,17 @@ def test_the_tree_peak_counts_a_child_holding_the_model() -> None:
 
 def test_the_cpu_has_a_name() -> None:
     assert cpu_name().strip()
+
+
+def test_the_kv_cache_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """f16 where there is no AVX-512 (the u8 cache decoded slower on an AVX2 EPYC), the plugin's u8 elsewhere;
+    a property the caller gives still wins."""
+    from ovchat.engine import runtime
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert runtime.compile_properties("CPU", use_cache_dir=False)["KV_CACHE_PRECISION"] == "f16"
+    given = runtime.compile_properties("CPU", {"KV_CACHE_PRECISION": "u8"}, use_cache_dir=False)
+    assert given["KV_CACHE_PRECISION"] == "u8"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert "KV_CACHE_PRECISION" not in runtime.compile_properties("CPU", use_cache_dir=False)
+    assert "KV_CACHE_PRECISION" not in runtime.compile_properties("GPU", use_cache_dir=False)

@@ -409,14 +409,15 @@ def compiled_weight_bytes(runtime_model: Any) -> int:
 def bytes_per_token_compiled(
     folder: Path,
     context_tokens: int,
-    kv_precision: str = OPENVINO_KV_PRECISION,
+    kv_precision: str | None = None,
     device: str = "CPU",
     properties: Mapping[str, Any] | None = None,
 ) -> TokenBytes:
     """:func:`bytes_per_token_ir` with the weights counted in the model as compiled for ``device`` (by
     default with the properties the chat compiles with): what this machine's plugin really reads, which
     :func:`compiled_weight_bytes` says may be more than the IR holds. The embedding row and the KV cache
-    are the IR's count. Compiling takes seconds and the model's memory.
+    are the IR's count; the KV cache's precision is ``kv_precision``, or the compiled model's (ovchat's
+    default depends on the CPU). Compiling takes seconds and the model's memory.
     """
     import openvino as ov
 
@@ -425,10 +426,17 @@ def bytes_per_token_compiled(
 
     core = ov.Core()
     model = core.read_model(folder / IR_XML)
-    from_ir = bytes_per_token_ir(folder, context_tokens, kv_precision, model=model)
     config = dict(properties) if properties is not None else compile_properties(device, use_cache_dir=False)
     compiled = core.compile_model(model, device, config)
+    if kv_precision is None:
+        kv_precision = _element_name(compiled.get_property("KV_CACHE_PRECISION"))
+    from_ir = bytes_per_token_ir(folder, context_tokens, kv_precision, model=model)
     return replace(from_ir, weights=compiled_weight_bytes(compiled.get_runtime_model()))
+
+
+def _element_name(element_type: Any) -> str:
+    """``u8`` for OpenVINO's ``<Type: 'uint8_t'>``; a name as it is when given as a string."""
+    return element_type.get_type_name() if hasattr(element_type, "get_type_name") else str(element_type)
 
 
 # --- the roofline ------------------------------------------------------------------------------------------

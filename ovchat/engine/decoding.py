@@ -3,8 +3,8 @@
 Both faster modes guess several tokens ahead and let the model check the guesses in one step; the
 model keeps the guesses its own greedy choice agrees with, so a greedy reply is plain decoding's, up
 to floating-point rounding: checking several tokens in one step sums in another order, and where two
-tokens score within rounding of each other the reply can part ways mid-reply (1 to 2 of 8 real-model
-replies did, with prompt lookup and a draft identically; the tests' prompts do not). Prompt lookup
+tokens score within rounding of each other the reply can part ways mid-reply (7 of 20 replies of the
+default model did in one bench run, after 108-745 characters; the tests' prompts do not). Prompt lookup
 takes its guesses from the text so far (the n-gram that ends it, found earlier, and what followed it
 there): it pays off when a reply copies from its prompt (a rewrite, a code edit). A draft model
 guesses with a smaller model of the same vocabulary.
@@ -27,10 +27,10 @@ PLAIN = "plain"
 PROMPT_LOOKUP = "prompt-lookup"
 DRAFT = "draft"
 DECODING_MODES: tuple[str, ...] = (PLAIN, PROMPT_LOOKUP, DRAFT)
-# Plain stays the default. With the 135M default model on 2 CPU cores (one --quick run of `ovchat bench
-# --decoding`, under another CPU-heavy job) prompt lookup was 1.55x faster summarising a text, 0.85-1.07x
-# on a rewrite and a code edit, and 0.74x on an open question, where its unmatched guesses still cost a
-# step of 6 tokens; the choice is per loaded model, so one rule cannot pick it per prompt.
+# Plain stays the default. On the 135M default model (`ovchat bench --decoding`, AMD EPYC, 2 threads, 5
+# rounds) prompt lookup was 1.88x faster per reply summarising a text, 1.60x rewriting one, 1.12x editing
+# code, and 0.72x on an open question, where its unmatched guesses still cost a step of 6 tokens; the
+# choice is per loaded model, so one rule cannot pick it per prompt.
 DEFAULT_DECODING = PLAIN
 # Tokens guessed per step: openvino-genai's own default for a draft model (its sample uses 5 for
 # prompt lookup too). Every step checks this many guesses, found or not (prompt lookup pads a step
