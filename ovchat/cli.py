@@ -21,6 +21,7 @@ from ovchat.errors import OvchatError, first_line
 
 if TYPE_CHECKING:
     from ovchat.engine import Decoding, Engine
+    from ovchat.engine.streaming import TokenLogprob
     from ovchat.export import ExportOptions
     from ovchat.settings import GenerationSettings
 
@@ -261,8 +262,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
     from ovchat.settings import GenerationSettings
 
-    names = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop")
-    return GenerationSettings(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    names = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "logprobs")
+    return GenerationSettings(**{name: getattr(args, name) for name in names if getattr(args, name, None) is not None})
 
 
 def decoding_from_args(args: argparse.Namespace) -> Decoding:
@@ -315,11 +316,62 @@ def run_ask(args: argparse.Namespace) -> int:
     if args.json:
         # One turn is never trimmed: the object keeps the keys `ask --json` has always printed.
         stats = {key: value for key, value in reply.stats.to_dict().items() if key != "trimmed_turns"}
-        print(json.dumps({"text": reply.text, **stats}, ensure_ascii=False))
+        logprobs = {} if reply.logprobs is None else {"logprobs": [token.to_dict() for token in reply.logprobs]}
+        print(json.dumps({"text": reply.text, **stats, **logprobs}, ensure_ascii=False))
     else:
-        print()
+        print(flush=True)
+        if reply.logprobs is not None:
+            print_logprobs(reply.logprobs)
         print(format_stats(reply.stats), file=sys.stderr)
     return EXIT_INTERRUPTED if reply.stats.finish_reason == "cancelled" else 0
+
+
+def print_logprobs(tokens: Sequence[TokenLogprob]) -> None:
+    """Each reply token's probability and its alternatives, as a table on stderr."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ovchat.lab.explorer import visible
+
+    table = Table("#", "token", "p", "alternatives", box=None, pad_edge=False)
+    for index, token in enumerate(tokens, 1):
+        others = "  ".join(f"{visible(other.text)} {other.probability:.0%}" for other in token.top)
+        table.add_row(str(index), visible(token.text), f"{token.probability:.1%}", others)
+    Console(stderr=True, highlight=False).print(table)
+
+
+def run_explore(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ovchat.lab.explorer import explore, prefix_ids, visible
+
+    text = sys.stdin.read() if args.text in (None, "-") else args.text
+    settings = settings_from_args(args)
+    if args.rows < 1:
+        raise OvchatError("--rows must be at least 1")
+    engine = engine_from_args(args)
+    found = explore(engine, prefix_ids(engine, text, args.chat), settings, rows=args.rows)
+    if args.json:
+        print(json.dumps(found.to_dict(), ensure_ascii=False))
+        return 0
+    table = Table("#", "token", "id", "model", "tempered", "sampled", "removed by", box=None, pad_edge=False)
+    for rank, row in enumerate(found.rows, 1):
+        table.add_row(
+            str(rank), visible(row.text), str(row.token_id), f"{row.raw:.1%}", f"{row.tempered:.1%}",
+            f"{row.final:.1%}", row.removed_by.replace("_", "-"),
+        )  # fmt: skip
+    distribution = found.distribution
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(
+        f"{distribution.kept} of {found.vocabulary} tokens left (top-k removed {distribution.removed_count('top_k')}, "
+        f"top-p {distribution.removed_count('top_p')}); entropy {distribution.raw_entropy_bits:.2f} bits "
+        f"under the model, {distribution.final_entropy_bits:.2f} bits sampled"
+    )
+    return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -381,6 +433,18 @@ def build_parser() -> OneLineArgumentParser:
     add_model_arguments(ask)
     add_sampling_arguments(ask)
     ask.add_argument("--json", action="store_true", help="print one JSON object with the text and the metrics")
+    ask.add_argument(
+        "--logprobs", type=int, metavar="N",
+        help="each token's probability and its N likeliest alternatives (0-20; off by default: it costs a "
+        "forward pass over prompt and reply after the reply)",
+    )  # fmt: skip
+    explore = command("explore", run_explore, "show the likeliest next tokens after a text, before and after sampling")
+    explore.add_argument("text", nargs="?", help="the text to continue; - or nothing reads it from stdin")
+    explore.add_argument("--chat", action="store_true", help="explore the first token of the reply to TEXT as a chat")
+    explore.add_argument("--rows", type=int, default=20, help="how many of the likeliest tokens to show (default: 20)")
+    explore.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_model_arguments(explore, system_prompt=False)
+    add_sampling_arguments(explore)
     bench_command.add_arguments(
         command("bench", run_bench, "measure the chat path against llama.cpp, openvino-genai and PyTorch")
     )

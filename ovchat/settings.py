@@ -8,6 +8,8 @@ from typing import Any
 
 from ovchat.errors import OvchatError
 
+MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -23,6 +25,9 @@ class GenerationSettings:
     presence_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    # Off (None) by default, so a chat pays nothing for it; N in [0, MAX_LOGPROBS] returns each reply
+    # token's log-probability under the model with its N likeliest alternatives (OpenAI's top_logprobs).
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         # A single string is one stop string; a list (from JSON or a form) becomes a tuple so
@@ -40,6 +45,8 @@ class GenerationSettings:
         _check_float("presence_penalty", self.presence_penalty, -2.0, 2.0)
         if self.seed is not None:
             _check_int("seed", self.seed, 0, 2**32 - 1)
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, 0, MAX_LOGPROBS)
 
     @property
     def greedy(self) -> bool:

@@ -46,6 +46,36 @@ def test_ask_json_has_every_key(tiny_irs: dict[str, Path]) -> None:
     assert reply["prompt_tokens"] > 0 and reply["ttft_s"] > 0
 
 
+def test_ask_logprobs_json_and_table(tiny_irs: dict[str, Path]) -> None:
+    greedy = ("--temperature", "0", "--repetition-penalty", "1", "--max-new-tokens", "6")
+    model = ("--model", str(tiny_irs["int8"]), *greedy)
+    result = ovchat("ask", "Hello there", *model, "--json", "--logprobs", "3")
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert set(reply) == ASK_KEYS | {"logprobs"}
+    tokens = reply["logprobs"]
+    assert len(tokens) == reply["new_tokens"] - (reply["finish_reason"] == "eos")
+    assert all(len(token["top"]) == 3 and token["top"][0]["id"] == token["id"] for token in tokens)
+    # The random model makes stray pieces of characters, which a reply never shows.
+    joined = bytes(b for token in tokens for b in token["bytes"]).decode("utf-8", errors="replace")
+    assert joined.replace("\ufffd", "") == reply["text"]
+    table = ovchat("ask", "Hello there", *model, "--logprobs", "2")
+    assert table.returncode == 0 and "alternatives" in table.stderr, table.stderr
+    assert_one_line_error(ovchat("ask", "Hello", *model, "--logprobs", "21"), "logprobs must be an integer in [0, 20]")
+
+
+def test_explore_prints_the_next_token_table(tiny_irs: dict[str, Path]) -> None:
+    model = ("--model", str(tiny_irs["int8"]))
+    result = ovchat("explore", "def add(a, b):", *model, "--top-k", "5", "--top-p", "1", "--rows", "7", "--json")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert len(found["rows"]) == 7 and found["kept"] == 5 and found["removed_by_top_k"] == found["vocabulary"] - 5
+    assert sum(row["final"] for row in found["rows"]) == pytest.approx(1.0)  # the 5 kept are among the 7 likeliest
+    table = ovchat("explore", "Hello", "--chat", *model, "--temperature", "0")
+    assert table.returncode == 0 and "removed by" in table.stdout and "1 of" in table.stdout, table.stdout
+    assert_one_line_error(ovchat("explore", " ", *model), "the text to explore is empty")
+
+
 def test_ask_reads_the_prompt_from_stdin_and_prints_stats_apart(tiny_irs: dict[str, Path]) -> None:
     result = ovchat("ask", "--model", str(tiny_irs["int8"]), "--temperature", "0", "--max-new-tokens", "5", stdin="hi")
     assert result.returncode == 0, result.stderr

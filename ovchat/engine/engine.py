@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ovchat import model_folder
 from ovchat.engine.backends import DEFAULT_BACKEND, OPTIMUM_BACKEND, Backend, GenerationRequest, backend_loader
@@ -24,6 +24,13 @@ from ovchat.errors import OvchatError, first_line
 from ovchat.prompt import ChatTemplate, FittedPrompt, Message, choose_template, fit_to_context, render_prompt
 from ovchat.settings import GenerationSettings
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ovchat.engine.scoring import Scorer
+
+# openvino-genai's own properties among Engine.load's: a plain compile_model refuses them.
+GENAI_ONLY_PROPERTIES = frozenset({"ATTENTION_BACKEND"})
 # A reply that produces no token for this long is ended with an error instead of hanging.
 STALL_TIMEOUT_S = 600.0
 
@@ -51,6 +58,7 @@ class Engine:
         template: str = "auto",
         context_length: int | None = None,
         decoding: Decoding = PLAIN_DECODING,
+        scorer_properties: dict[str, Any] | None = None,
     ) -> None:
         self.backend = backend
         self.decoding = decoding
@@ -64,6 +72,9 @@ class Engine:
         self.eos_token_ids: set[int] = _end_token_ids(backend, self.template)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id: int | None = pad if pad is not None else min(self.eos_token_ids, default=None)
+        self._scorer_properties = scorer_properties or {}
+        self._scorer: Scorer | None = None
+        self._scorer_loading = threading.Lock()
 
     @classmethod
     def load(
@@ -104,7 +115,46 @@ class Engine:
             raise  # already one line the user can act on (a draft model of another vocabulary)
         except Exception as error:
             raise OvchatError(f"could not load {folder}: {first_line(error)}") from error
-        return cls(loaded, folder, device, template=template, context_length=context_length, decoding=decoding)
+        # The scorer (log-probabilities) compiles the same IR as a plain model: OpenVINO's properties only,
+        # not openvino-genai's own options, which are the other keys.
+        scorer_properties = {
+            key: value for key, value in properties.items() if key.isupper() and key not in GENAI_ONLY_PROPERTIES
+        }
+        return cls(
+            loaded,
+            folder,
+            device,
+            template=template,
+            context_length=context_length,
+            decoding=decoding,
+            scorer_properties=scorer_properties,
+        )
+
+    def scorer(self) -> Scorer:
+        """The forward model that gives log-probabilities, compiled on first use (a second copy of the
+        model's weights in memory from then on)."""
+        with self._scorer_loading:
+            if self._scorer is None:
+                from ovchat.engine.scoring import Scorer
+
+                try:
+                    self._scorer = Scorer.load(self.path, self.device, self._scorer_properties)
+                except Exception as error:
+                    problem = first_line(error)
+                    raise OvchatError(f"could not load {self.path} for log-probabilities: {problem}") from error
+            return self._scorer
+
+    def next_token_logits(self, token_ids: list[int]) -> np.ndarray:
+        """The model's raw logits for the token after ``token_ids`` (the sampling lab's explorer)."""
+        if not token_ids:
+            raise OvchatError("there is no text to continue")
+        if len(token_ids) >= self.context_length:
+            raise OvchatError(f"the text takes {len(token_ids)} tokens, the model's context is {self.context_length}")
+        return self.scorer().logits_after(token_ids, 1)[0]
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text as the vocabulary has it (a piece of a character shows as U+FFFD)."""
+        return self.scorer().token(token_id, 0.0).text
 
     def encode(self, messages: list[Message]) -> list[int]:
         prompt = render_prompt(self.tokenizer, messages, self.template)
@@ -190,7 +240,13 @@ class Engine:
             stopped_by_text=stopped_by_text,
             trimmed_turns=trimmed_turns,
         )
-        yield Chunk(stats=stats)
+        logprobs = None
+        if settings.logprobs is not None:
+            reply_ids = worker.record.token_ids
+            if stats.finish_reason == "eos":
+                reply_ids = reply_ids[:-1]  # the end-of-turn token is not part of the reply, as in OpenAI's API
+            logprobs = self.scorer().score(prompt_ids, reply_ids, settings.logprobs)
+        yield Chunk(stats=stats, logprobs=logprobs)
 
     def generate(
         self,

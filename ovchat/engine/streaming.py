@@ -8,6 +8,7 @@ generated ids into the final :class:`ReplyStats`, and :func:`collect` joins a st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -60,11 +61,51 @@ class ReplyStats:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One token with its log-probability under the model (the raw distribution, before temperature,
+    top-k, top-p and penalties, as OpenAI and vLLM report it). A reply's token carries its likeliest
+    alternatives in ``top``, likeliest first; an alternative's own ``top`` is empty."""
+
+    token_id: int
+    text: str  # the token's bytes as text; a piece of a character split across tokens shows as U+FFFD
+    token_bytes: bytes
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()
+
+    @property
+    def probability(self) -> float:
+        return math.exp(self.logprob)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.token_id,
+            "text": self.text,
+            "bytes": list(self.token_bytes),
+            "logprob": self.logprob,
+        }
+        if self.top:
+            data["top"] = [alternative.to_dict() for alternative in self.top]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TokenLogprob:
+        return cls(
+            token_id=int(data["id"]),
+            text=str(data["text"]),
+            token_bytes=bytes(data.get("bytes") or str(data["text"]).encode()),
+            logprob=float(data["logprob"]),
+            top=tuple(cls.from_dict(item) for item in data.get("top") or ()),
+        )
+
+
+@dataclass(frozen=True)
 class Chunk:
-    """A piece of a streamed reply. Only the last chunk has ``stats``, and its text is empty."""
+    """A piece of a streamed reply. Only the last chunk has ``stats``, and its text is empty; it also
+    carries the reply's ``logprobs`` when the settings asked for them."""
 
     text: str = ""
     stats: ReplyStats | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,22 +114,24 @@ class Reply:
 
     text: str
     stats: ReplyStats
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 def collect(stream: Iterable[Chunk], on_text: Callable[[str], object] | None = None) -> Reply:
     """Join a stream into its reply; ``on_text`` sees each piece as it comes (the terminal prints them)."""
     parts: list[str] = []
     stats: ReplyStats | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
     for chunk in stream:
         if chunk.stats is not None:
-            stats = chunk.stats
+            stats, logprobs = chunk.stats, chunk.logprobs
             continue
         parts.append(chunk.text)
         if on_text is not None:
             on_text(chunk.text)
     if stats is None:  # an engine's stream always ends with a final chunk
         raise OvchatError("the reply ended without a final chunk")
-    return Reply("".join(parts), stats)
+    return Reply("".join(parts), stats, logprobs)
 
 
 class TokenRecord:
