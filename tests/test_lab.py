@@ -225,3 +225,15 @@ def test_shading_escapes_model_output_and_keeps_characters_whole() -> None:
     pieces = [TokenLogprob(3, "\ufffd", raw[:2], -0.5), TokenLogprob(4, "\ufffd", raw[2:], -0.1)]
     assert [(text, len(group)) for text, group in whole_characters(pieces)] == [("数", 2)]
     assert "数" in shaded_html(pieces) and "\ufffd" not in shaded_html(pieces).split("title")[0]
+
+
+def test_a_reply_cut_at_a_stop_string_scores_only_what_was_shown(tiny_irs: dict[str, Path]) -> None:
+    engine = Engine.load(tiny_irs["int8"], backend="genai")
+    whole = engine.generate(QUESTION, GREEDY.with_changes(max_new_tokens=12))
+    shown = b"".join(token.token_bytes for token in whole.logprobs[:3]).decode("utf-8", errors="replace")
+    stop = b"".join(token.token_bytes for token in whole.logprobs[3:5]).decode("utf-8", errors="replace")
+    if not stop.strip() or "\ufffd" in shown + stop or stop in shown:
+        pytest.skip(f"the tiny model's greedy reply has no clean stop string after 3 tokens: {whole.text!r}")
+    cut = engine.generate(QUESTION, GREEDY.with_changes(max_new_tokens=12, stop=(stop,)))
+    assert cut.stats.finish_reason == "stop" and cut.text.startswith(shown)
+    assert [token.token_id for token in cut.logprobs] == [token.token_id for token in whole.logprobs[:3]]

@@ -39,6 +39,10 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     bench.add_argument("--draft-model", type=Path, metavar="FOLDER", help="--decoding: add a row for this draft model")
     mode.add_argument(
+        "--logprobs", action="store_true",
+        help="what token log-probabilities cost: replies with them off, with 5 and with 20 alternatives per token",
+    )  # fmt: skip
+    mode.add_argument(
         "--concurrency", metavar="N[,N...]",
         help="clients at once, e.g. 1,2,4,8: ovchat serve against the one-reply lock and llama.cpp's server over HTTP",
     )  # fmt: skip
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace, models: list[Path]) -> int:
         raise OvchatError("--lengths applies to --scaling only")
     if args.variant and args.quality:
         raise OvchatError("--variant applies to the speed benches, not to --quality")
-    if not (args.concurrency or args.decoding):  # --decoding runs Engine.stream only
+    if not (args.concurrency or args.decoding or args.logprobs):  # these two run Engine.stream only
         # Their reference prompts come from the Hugging Face tokenizer, and --quality reads logits through
         # optimum-intel and PyTorch.
         require_export_extra("ovchat bench without --concurrency")
@@ -102,6 +106,10 @@ def run(args: argparse.Namespace, models: list[Path]) -> int:
         from ovchat.bench.decoding import decoding_bench
 
         kind, report, title, header, rows = decoding_bench(args, models, console)
+    elif args.logprobs:
+        from ovchat.bench.logprobs import logprobs_bench
+
+        kind, report, title, header, rows = logprobs_bench(args, models, console)
     else:
         from ovchat.bench.speed import plan_bench, source_checkpoint
 

@@ -2,7 +2,7 @@
 streamed reply into the store."""
 
 from ovchat.chats.files import chat_to_dict, chat_to_markdown, load_chat, parse_chat, save_chat
-from ovchat.chats.recording import describe_reply, reply_meta, stream_into_store
+from ovchat.chats.recording import describe_reply, reply_logprobs, reply_meta, stream_into_store
 from ovchat.chats.store import Conversation, ConversationInfo, ConversationStore, StoredMessage
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "describe_reply",
     "load_chat",
     "parse_chat",
+    "reply_logprobs",
     "reply_meta",
     "save_chat",
     "stream_into_store",

@@ -14,17 +14,34 @@ from typing import Any
 
 from ovchat.chats.store import ConversationStore
 from ovchat.engine import ReplyStats, StreamingEngine
+from ovchat.engine.streaming import TokenLogprob
 from ovchat.settings import GenerationSettings
 
 # Save a growing reply at most this often; every chunk would be dozens of writes a second.
 SAVE_EVERY_S = 1.0
+LOGPROBS_META = "logprobs"
 
 
-def reply_meta(stats: ReplyStats | None) -> dict[str, Any]:
-    """The meta stored with a reply: its stats, and whether it was stopped (no stats: stopped early)."""
+def reply_meta(stats: ReplyStats | None, logprobs: tuple[TokenLogprob, ...] | None = None) -> dict[str, Any]:
+    """The meta stored with a reply: its stats, whether it was stopped (no stats: stopped early), and
+    its tokens' log-probabilities when they were asked for (the page shades the reply with them)."""
     if stats is None:
         return {"finish_reason": "cancelled", "stopped": True}
-    return {**stats.to_dict(), "stopped": stats.finish_reason == "cancelled"}
+    meta = {**stats.to_dict(), "stopped": stats.finish_reason == "cancelled"}
+    if logprobs is not None:
+        meta[LOGPROBS_META] = [token.to_dict() for token in logprobs]
+    return meta
+
+
+def reply_logprobs(meta: dict[str, Any]) -> tuple[TokenLogprob, ...] | None:
+    """The log-probabilities saved with a reply, if any (a malformed entry is treated as none)."""
+    saved = meta.get(LOGPROBS_META)
+    if not isinstance(saved, list):
+        return None
+    try:
+        return tuple(TokenLogprob.from_dict(item) for item in saved)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def describe_reply(meta: dict[str, Any]) -> str:
@@ -52,12 +69,13 @@ def stream_into_store(
     stream = engine.stream(messages, settings, cancel)
     parts: list[str] = []
     stats: ReplyStats | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
     message_id: int | None = None
     saved_at = 0.0
     try:
         for chunk in stream:
             if chunk.stats is not None:
-                stats = chunk.stats
+                stats, logprobs = chunk.stats, chunk.logprobs
                 continue
             parts.append(chunk.text)
             now = time.monotonic()
@@ -71,6 +89,6 @@ def stream_into_store(
     finally:
         stream.close()  # ends the engine's worker at once when the consumer left early
         if message_id is not None:
-            store.update_message(message_id, "".join(parts), reply_meta(stats))
+            store.update_message(message_id, "".join(parts), reply_meta(stats, logprobs))
         elif stats is not None:  # a finished reply with no text is still a turn, with its metrics
-            store.add_message(conversation_id, "assistant", "", reply_meta(stats))
+            store.add_message(conversation_id, "assistant", "", reply_meta(stats, logprobs))

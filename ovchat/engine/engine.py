@@ -219,9 +219,11 @@ class Engine:
         worker = ReplyWorker(self.backend, self.request(prompt_ids, settings), cancel, self._heartbeat)
         stop_cut = StopCutter(settings.stop + template_stops)
         stopped_by_text = False
+        shown_bytes = 0  # how much of the reply was shown, to score only its tokens
         try:
             for piece in worker.pieces(self.stall_timeout_s):
                 visible, stopped_by_text = stop_cut.feed(piece)
+                shown_bytes += len(visible.encode("utf-8"))
                 if visible:
                     yield Chunk(text=visible)
                 if stopped_by_text:
@@ -242,10 +244,13 @@ class Engine:
         )
         logprobs = None
         if settings.logprobs is not None:
+            scorer = self.scorer()
             reply_ids = worker.record.token_ids
             if stats.finish_reason == "eos":
                 reply_ids = reply_ids[:-1]  # the end-of-turn token is not part of the reply, as in OpenAI's API
-            logprobs = self.scorer().score(prompt_ids, reply_ids, settings.logprobs)
+            elif stats.finish_reason == "stop":
+                reply_ids = scorer.shown_prefix(reply_ids, shown_bytes)  # not the stop string's tokens or later ones
+            logprobs = scorer.score(prompt_ids, reply_ids, settings.logprobs)
         yield Chunk(stats=stats, logprobs=logprobs)
 
     def generate(

@@ -146,6 +146,16 @@ class Scorer:
         raw = self.token_bytes[token_id] if 0 <= token_id < len(self.token_bytes) else b""
         return TokenLogprob(token_id, raw.decode("utf-8", errors="replace"), raw, float(logprob), top)
 
+    def shown_prefix(self, token_ids: list[int], shown_bytes: int) -> list[int]:
+        """The first tokens whose bytes lie within the first ``shown_bytes`` of the reply (a reply cut at a
+        stop string shows less than it generated; a token across the cut is left out)."""
+        total = 0
+        for count, token_id in enumerate(token_ids):
+            total += len(self.token_bytes[token_id]) if 0 <= token_id < len(self.token_bytes) else 0
+            if total > shown_bytes:
+                return token_ids[:count]
+        return token_ids
+
     def score(self, prompt_ids: list[int], reply_ids: list[int], top_n: int) -> tuple[TokenLogprob, ...]:
         """Each reply token's log-probability after the prompt and the reply before it, with the ``top_n``
         likeliest tokens at that step."""

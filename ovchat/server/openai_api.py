@@ -3,10 +3,15 @@
 Requests are validated with pydantic (what FastAPI speaks); anything a client gets wrong becomes
 an :class:`ApiError` with OpenAI's error object, never a 500. Unknown fields are ignored, as
 OpenAI-compatible servers (vLLM, llama.cpp's) do, so clients that send extras keep working.
+
+Log-probabilities come in two shapes: the chat's (``logprobs.content``, a list of tokens with their
+``top_logprobs``) and the legacy completions' (parallel lists ``tokens``, ``token_logprobs``,
+``top_logprobs``, ``text_offset``). Both are built here from the engine's :class:`TokenLogprob`.
 """
 
 from __future__ import annotations
 
+import codecs
 import time
 import uuid
 from collections.abc import Sequence
@@ -15,15 +20,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ovchat.engine import ReplyStats
+from ovchat.engine.streaming import TokenLogprob
 from ovchat.errors import OvchatError
 from ovchat.prompt import Message
-from ovchat.settings import GenerationSettings
+from ovchat.settings import MAX_LOGPROBS, GenerationSettings
 
 # When a request leaves a parameter out, OpenAI's defaults apply (temperature 1, top_p 1),
 # not the page's: a client written for the OpenAI API expects them.
 OPENAI_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
 # ovchat's finish reasons as OpenAI names them; "cancelled" replies are never sent (the client left).
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
+# The legacy /v1/completions' limit on ``logprobs`` (the chat's top_logprobs goes to MAX_LOGPROBS).
+MAX_LEGACY_LOGPROBS = 5
+# JSON has no -Infinity: a token the model rules out gets OpenAI's (and vLLM's) stand-in.
+LOWEST_LOGPROB = -9999.0
 
 
 class ApiError(Exception):
@@ -94,6 +104,7 @@ class SamplingBody(BaseModel):
         values.update({name: value for name, value in given.items() if value is not None})
         if self.stop:
             values["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        values["logprobs"] = self.requested_logprobs()
         try:
             return GenerationSettings(**values)
         except OvchatError as error:
@@ -101,6 +112,10 @@ class SamplingBody(BaseModel):
             name, rest = str(error).split(" ", 1)
             api_name = self._max_tokens_name if name == "max_new_tokens" else name
             raise ApiError(400, f"{api_name} {rest}", param=api_name) from None
+
+    def requested_logprobs(self) -> int | None:
+        """``GenerationSettings.logprobs``: None (off), or how many alternatives each token comes with."""
+        return None
 
     @property
     def _max_tokens_name(self) -> str:
@@ -113,6 +128,17 @@ class SamplingBody(BaseModel):
 
 class ChatBody(SamplingBody):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def requested_logprobs(self) -> int | None:
+        top = self.top_logprobs
+        if top is not None and not 0 <= top <= MAX_LOGPROBS:
+            raise ApiError(400, f"top_logprobs must be an integer in [0, {MAX_LOGPROBS}], not {top}",
+                           param="top_logprobs")  # fmt: skip
+        if top is not None and not self.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+        return (top or 0) if self.logprobs else None
 
     def chat(self) -> list[Message]:
         """The messages as the engine takes them: text content, OpenAI's "developer" role as system."""
@@ -128,6 +154,13 @@ class ChatBody(SamplingBody):
 
 class CompletionBody(SamplingBody):
     prompt: str
+    logprobs: int | None = None  # the legacy API's: how many alternatives, not a switch
+
+    def requested_logprobs(self) -> int | None:
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LEGACY_LOGPROBS:
+            raise ApiError(400, f"logprobs must be an integer in [0, {MAX_LEGACY_LOGPROBS}], not {self.logprobs}",
+                           param="logprobs")  # fmt: skip
+        return self.logprobs
 
 
 def _text(content: str | list[TextPart] | None, index: int) -> str:
@@ -154,31 +187,90 @@ def usage(stats: ReplyStats) -> dict[str, int]:
     }
 
 
-def chat_reply(reply_id: str, model: str, text: str, stats: ReplyStats) -> dict[str, Any]:
+def chat_reply(
+    reply_id: str, model: str, text: str, stats: ReplyStats, logprobs: Sequence[TokenLogprob] | None = None
+) -> dict[str, Any]:
     return {
         "id": reply_id, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": FINISH_REASONS[stats.finish_reason], "logprobs": None}],
+                     "finish_reason": FINISH_REASONS[stats.finish_reason], "logprobs": chat_logprobs(logprobs)}],
         "usage": usage(stats),
     }  # fmt: skip
 
 
-def chat_chunk(reply_id: str, model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+def chat_chunk(
+    reply_id: str,
+    model: str,
+    delta: dict[str, Any],
+    finish: str | None = None,
+    logprobs: Sequence[TokenLogprob] | None = None,
+) -> dict[str, Any]:
     return {
         "id": reply_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": chat_logprobs(logprobs)}],
     }  # fmt: skip
 
 
-def completion_reply(reply_id: str, model: str, text: str, stats: ReplyStats | None, streamed: bool) -> dict:
+def completion_reply(
+    reply_id: str,
+    model: str,
+    text: str,
+    stats: ReplyStats | None,
+    streamed: bool,
+    logprobs: Sequence[TokenLogprob] | None = None,
+) -> dict[str, Any]:
     finish = FINISH_REASONS[stats.finish_reason] if stats is not None else None
     body: dict[str, Any] = {
         "id": reply_id, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": legacy_logprobs(logprobs)}],
     }  # fmt: skip
     if stats is not None and not streamed:
         body["usage"] = usage(stats)
     return body
+
+
+def chat_logprobs(tokens: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    """A chat choice's ``logprobs``: None when they were not asked for, else ``{"content": [...], "refusal":
+    None}`` with one entry per reply token, its ``top_logprobs`` likeliest first."""
+    if tokens is None:
+        return None
+
+    def entry(token: TokenLogprob) -> dict[str, Any]:
+        return {"token": token.text, "logprob": _json_logprob(token.logprob), "bytes": list(token.token_bytes)}
+
+    content = [{**entry(token), "top_logprobs": [entry(alternative) for alternative in token.top]} for token in tokens]
+    return {"content": content, "refusal": None}
+
+
+def legacy_logprobs(tokens: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    """A completion choice's ``logprobs`` in the legacy shape: parallel lists ``tokens``, ``token_logprobs``,
+    ``top_logprobs`` (a dict per token: its alternatives and, as OpenAI always adds it, the chosen token, so up
+    to N + 1 entries) and ``text_offset``, each token's character offset in the reply's text (from 0, as vLLM
+    counts; the tokens of a character split across tokens share its offset)."""
+    if tokens is None:
+        return None
+    offsets: list[int] = []
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")  # the reply's text drops broken bytes too
+    offset = 0
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(decoder.decode(token.token_bytes))
+    tops: list[dict[str, float]] = []
+    for token in tokens:
+        top: dict[str, float] = {}
+        for alternative in (*token.top, token):  # likeliest first; two tokens of one text keep the likelier
+            top.setdefault(alternative.text, _json_logprob(alternative.logprob))
+        tops.append(top)
+    return {
+        "tokens": [token.text for token in tokens],
+        "token_logprobs": [_json_logprob(token.logprob) for token in tokens],
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def _json_logprob(logprob: float) -> float:
+    return max(float(logprob), LOWEST_LOGPROB)
 
 
 def usage_chunk(reply_id: str, model: str, stats: ReplyStats, kind: Literal["chat", "text"]) -> dict[str, Any]:
