@@ -5,6 +5,12 @@ chat's id is in the URL (?chat=ID) and every chat is in SQLite, so a reload keep
 One engine per model and device is shared by all tabs (st.cache_resource); with the default
 continuous-batching loop the replies of several tabs advance together, each its own. The package's layout is in
 docs/architecture.md.
+
+Every text the page shows is in English and Simplified Chinese: `t(key)` looks it up in ovchat.i18n's
+catalog (ovchat/i18n/chat.py) in the language picked at the top of the sidebar, which is remembered in
+$OVCHAT_HOME/page.json; `?lang=zh-CN` opens the page in Chinese. Streamlit's own texts (the file
+uploader's "Drag and drop file here" and "Browse files", the chat input's send button, its menu) are
+Streamlit's, in English, and not translated here.
 """
 
 from __future__ import annotations
@@ -25,22 +31,93 @@ from ovchat.chats import (
     stream_into_store,
 )
 from ovchat.chats.store import STORE_FILE, title_from
-from ovchat.engine import DEFAULT_BACKEND, OPTIMUM_BACKEND, Engine, available_devices, installed_backends
+from ovchat.engine import (
+    DEFAULT_BACKEND,
+    OPTIMUM_BACKEND,
+    Engine,
+    available_devices,
+    installed_backends,
+)
 from ovchat.errors import OvchatError
 from ovchat.export import default_model_folder, ensure_default_model, export_model
 from ovchat.extras import INSTALL_EXPORT_EXTRA
+from ovchat.i18n import (
+    DEFAULT_LANGUAGE,
+    LANGUAGES,
+    initial_language,
+    language_from_locale,
+    remember_language,
+    translate,
+)
 from ovchat.model_folder import export_summary, is_complete
 from ovchat.paths import data_home, models_dir
 from ovchat.settings import GenerationSettings
 
 MODEL_ENV = "OVCHAT_MODEL"  # an IR folder to open first instead of the default model
+# The model picker's option for typing a folder: a value only, shown as t("chat.other_folder").
 OTHER_FOLDER = "Other folder..."
+LANGUAGE_KEY = "language"  # the language picker's key in st.session_state
+LANGUAGE_PARAM = "lang"  # ?lang=zh-CN opens the page in that language (and remembers it)
+# The catalog keys of the export's steps; anything else is shown as is.
+STEP_KEYS = {
+    "load": "chat.step.load",
+    "convert": "chat.step.convert",
+    "compress": "chat.step.compress",
+    "save": "chat.step.save",
+    "check": "chat.step.check",
+}
 REPLY_SAVE_WAIT_S = 10.0  # stopping a reply takes one token and one write; this is a generous bound
 
-st.set_page_config(page_title="ovchat", page_icon="💬")
+st.set_page_config(page_title="ovchat", page_icon="💬")  # the first Streamlit call; "ovchat" is a name
 
 
-@st.cache_resource(show_spinner="Loading the model...")
+# ----- the page's language -----
+
+
+def t(key: str, **params: object) -> str:
+    """The page's text for ``key`` in the chosen language (ovchat/i18n/chat.py)."""
+    return translate(st.session_state.get(LANGUAGE_KEY, DEFAULT_LANGUAGE), key, **params)
+
+
+def browser_locale() -> str | None:
+    """The browser's navigator.language, where Streamlit passes it on (1.67 does; a client may not)."""
+    try:
+        return getattr(st.context, "locale", None)
+    except Exception:  # an older Streamlit or a session without a browser: no locale
+        return None
+
+
+def choose_language() -> None:
+    """?lang= if given (and remembered), else this session's pick, else the remembered one, else the browser's."""
+    asked = st.query_params.get(LANGUAGE_PARAM)
+    if asked is not None:
+        language = language_from_locale(asked)  # "zh-CN", "zh" or "zh_CN"; anything else is English
+        if st.session_state.get(LANGUAGE_KEY) != language:
+            st.session_state[LANGUAGE_KEY] = language  # before the picker is drawn, so the picker shows it
+            remember_language(language)
+    elif LANGUAGE_KEY not in st.session_state:
+        st.session_state[LANGUAGE_KEY] = initial_language(browser_locale())
+
+
+def language_picked() -> None:
+    language = st.session_state[LANGUAGE_KEY]
+    remember_language(language)
+    if LANGUAGE_PARAM in st.query_params:  # keep the URL's ?lang= in step, or it would switch the page back
+        st.query_params[LANGUAGE_PARAM] = language
+
+
+def language_picker() -> None:
+    st.selectbox(
+        t("chat.language"),
+        list(LANGUAGES),
+        format_func=LANGUAGES.__getitem__,
+        key=LANGUAGE_KEY,
+        on_change=language_picked,
+    )
+
+
+# The spinner is the page's (translated), around the call in main().
+@st.cache_resource(show_spinner=False)
 def shared_engine(path: str, device: str, backend: str) -> Engine:
     """One engine per model, device and backend, shared by every browser tab."""
     return Engine.load(path, device=device, backend=backend)
@@ -83,13 +160,13 @@ def open_chat(conversation_id: int | None) -> None:
 
 
 def chats_sidebar(chat_id: int | None) -> None:
-    st.header("Chats")
-    st.button("➕ New chat", use_container_width=True, on_click=open_chat, args=(None,))
+    st.header(t("chat.chats"))
+    st.button(t("chat.new_chat"), use_container_width=True, on_click=open_chat, args=(None,))
     chats = store().list()
     if chats:
         titles = {info.id: info.title for info in chats}
         st.radio(
-            "Saved chats",
+            t("chat.saved_chats"),
             list(titles),
             index=list(titles).index(chat_id) if chat_id in titles else None,
             format_func=lambda cid: titles[cid],
@@ -100,38 +177,42 @@ def chats_sidebar(chat_id: int | None) -> None:
     if chat_id is not None:
         manage_chat(chat_id)
     if "sidebar_error" in st.session_state:  # from a callback, which runs before this script
-        st.error(st.session_state.pop("sidebar_error"))
+        st.error(t("chat.rename_failed", detail=st.session_state.pop("sidebar_error")))
     import_chat()
 
 
 def manage_chat(chat_id: int) -> None:
     messages, title = store().export_chat(chat_id)
-    with st.expander("This chat"):
+    with st.expander(t("chat.this_chat")):
         st.text_input(
-            "Title",
+            t("chat.title"),
             value=title,
             key=f"title_{chat_id}",
             on_change=lambda: rename_chat(chat_id, st.session_state[f"title_{chat_id}"]),
         )
         name = "".join(c if c.isalnum() else "-" for c in title).strip("-")[:40] or "chat"
         document = json.dumps(chat_to_dict(messages, title), ensure_ascii=False, indent=2)
-        st.download_button("Download JSON", document, f"{name}.json", "application/json", use_container_width=True)
+        st.download_button(
+            t("chat.download_json"), document, f"{name}.json", "application/json", use_container_width=True
+        )
         markdown = chat_to_markdown(messages, title)
-        st.download_button("Download Markdown", markdown, f"{name}.md", "text/markdown", use_container_width=True)
+        st.download_button(
+            t("chat.download_markdown"), markdown, f"{name}.md", "text/markdown", use_container_width=True
+        )
         if st.session_state.get("confirm_delete") == chat_id:
-            st.warning("Delete this chat for good?")
+            st.warning(t("chat.confirm_delete"))
             left, right = st.columns(2)
-            left.button("Delete", type="primary", on_click=delete_chat, args=(chat_id,))
-            right.button("Keep", on_click=st.session_state.pop, args=("confirm_delete", None))
+            left.button(t("chat.delete"), type="primary", on_click=delete_chat, args=(chat_id,))
+            right.button(t("chat.keep"), on_click=st.session_state.pop, args=("confirm_delete", None))
         else:
-            st.button("🗑 Delete chat", on_click=st.session_state.__setitem__, args=("confirm_delete", chat_id))
+            st.button(t("chat.delete_chat"), on_click=st.session_state.__setitem__, args=("confirm_delete", chat_id))
 
 
 def rename_chat(chat_id: int, title: str) -> None:
     try:
         store().rename(chat_id, title)
     except OvchatError as error:
-        st.session_state.sidebar_error = str(error)
+        st.session_state.sidebar_error = str(error)  # shown with its lead by chats_sidebar
 
 
 def delete_chat(chat_id: int) -> None:
@@ -143,14 +224,15 @@ def delete_chat(chat_id: int) -> None:
 def import_chat() -> None:
     """Import a chat file; a malformed one gets a message and changes nothing."""
     round_ = st.session_state.setdefault("import_round", 0)
-    uploaded = st.file_uploader("Import a chat (JSON)", type=["json"], key=f"import_{round_}")
+    # The label is ours; "Drag and drop file here", "Browse files" and the size limit are Streamlit's own.
+    uploaded = st.file_uploader(t("chat.import"), type=["json"], key=f"import_{round_}")
     if uploaded is None:
         return
     try:
         messages, title = parse_chat(uploaded.getvalue().decode("utf-8", errors="replace"), origin=uploaded.name)
         new_id = store().import_chat(messages, title)
     except OvchatError as error:
-        st.error(str(error))
+        st.error(t("chat.import_failed", detail=str(error)))
         return
     st.session_state.import_round = round_ + 1  # a fresh uploader, so the file is imported once
     open_chat(new_id)
@@ -158,7 +240,7 @@ def import_chat() -> None:
 
 
 def model_sidebar() -> tuple[Path | None, str, str]:
-    st.header("Model")
+    st.header(t("chat.model"))
     folders = sorted(str(path) for path in models_dir().glob("*") if is_complete(path))
     default = str(default_model_folder())
     configured = os.environ.get(MODEL_ENV)
@@ -170,14 +252,15 @@ def model_sidebar() -> tuple[Path | None, str, str]:
             folders.append(offered)
     options = [*folders, OTHER_FOLDER]
     choice = st.selectbox(
-        "Exported model",
+        t("chat.exported_model"),
         options,
         index=options.index(preferred) if preferred in options else 0,
-        format_func=lambda value: value if value == OTHER_FOLDER else Path(value).name,
-        help=f"IR folders under {models_dir()}; export more with export_ir.py.",
+        format_func=lambda value: t("chat.other_folder") if value == OTHER_FOLDER else Path(value).name,
+        help=t("chat.exported_model_help", folder=models_dir()),
+        key="model",  # keyed widgets keep their value when the language, and so the label, changes
     )
     if choice == OTHER_FOLDER:
-        typed = st.text_input("Folder", placeholder="/path/to/exported-model")
+        typed = st.text_input(t("chat.folder"), placeholder=t("chat.folder_placeholder"), key="other_folder")
         folder = Path(typed).expanduser() if typed.strip() else None
     else:
         folder = Path(choice)
@@ -186,67 +269,52 @@ def model_sidebar() -> tuple[Path | None, str, str]:
     summary = export_summary(folder) if folder is not None else None
     if summary:
         st.caption(summary)
-    device = st.selectbox("Device", device_names(), help="The OpenVINO device that runs the model.")
+    device = st.selectbox(t("chat.device"), device_names(), help=t("chat.device_help"), key="device")
     backends = installed_backends()
+    if OPTIMUM_BACKEND in backends:
+        backend_help = t("chat.backend_help")
+    else:
+        backend_help = t("chat.backend_help_needs_extra", command=INSTALL_EXPORT_EXTRA)
     backend = st.selectbox(
-        "Generation loop",
-        backends,
-        index=backends.index(DEFAULT_BACKEND),
-        help="batched: openvino-genai's continuous batching, so several tabs get replies at once; "
-        "genai: its LLMPipeline, one reply at a time; optimum: optimum-intel's OVModelForCausalLM.generate"
-        + ("." if OPTIMUM_BACKEND in backends else f" (needs the export extra: {INSTALL_EXPORT_EXTRA})."),
+        t("chat.backend"), backends, index=backends.index(DEFAULT_BACKEND), help=backend_help, key="backend"
     )
     return folder, device, backend
 
 
 def sampling_sidebar(context_length: int) -> GenerationSettings:
-    st.header("Sampling")
+    st.header(t("chat.sampling"))
+    # Every setting has a key, so that it keeps its value when the language (its label) changes.
     temperature = st.slider(
-        "Temperature",
-        0.0,
-        2.0,
-        0.7,
-        0.05,
-        help="How random the reply is. 0 always takes the likeliest token (same prompt, same reply); "
-        "around 0.7 is natural; above 1 gets creative and then incoherent.",
+        t("chat.temperature"), 0.0, 2.0, 0.7, 0.05, help=t("chat.temperature_help"), key="temperature"
     )
-    top_p = st.slider(
-        "Top-p",
-        0.05,
-        1.0,
-        0.9,
-        0.05,
-        help="Sample only from the smallest set of likely tokens whose probabilities add up to p. "
-        "Lower is safer and more focused; 1 turns it off.",
-    )
-    top_k = st.slider(
-        "Top-k", 0, 200, 40, 1, help="Sample only from the k likeliest tokens. 0 turns it off; 20-50 suits chat."
-    )
+    top_p = st.slider(t("chat.top_p"), 0.05, 1.0, 0.9, 0.05, help=t("chat.top_p_help"), key="top_p")
+    top_k = st.slider(t("chat.top_k"), 0, 200, 40, 1, help=t("chat.top_k_help"), key="top_k")
     # The reply must fit the context together with the prompt, so the slider stops at half of it.
     longest = max(16, min(4096, context_length // 2) // 16 * 16)
     max_new_tokens = st.slider(
-        "Max new tokens",
+        t("chat.max_new_tokens"),
         16,
         longest,
         min(512, longest),
         16,
-        help="The longest reply, in tokens (a token is about 3/4 of an English word). "
-        "Older turns are left out when the chat and the reply would not fit the model's context.",
+        help=t("chat.max_new_tokens_help"),
+        key="max_new_tokens",
     )
-    with st.expander("Advanced"):
+    with st.expander(t("chat.advanced")):
         repetition_penalty = st.slider(
-            "Repetition penalty",
+            t("chat.repetition_penalty"),
             1.0,
             2.0,
             1.1,
             0.05,
-            help="Above 1 makes tokens already in the chat less likely; it stops small models looping.",
+            help=t("chat.repetition_penalty_help"),
+            key="repetition_penalty",
         )
-        seed_text = st.text_input("Seed", help="A number makes sampling repeatable; empty is random each time.")
-        stop_text = st.text_area("Stop strings", help="One per line; the reply ends before any of them.")
+        seed_text = st.text_input(t("chat.seed"), help=t("chat.seed_help"), key="seed")
+        stop_text = st.text_area(t("chat.stop_strings"), help=t("chat.stop_strings_help"), key="stop_strings")
     seed = int(seed_text) if seed_text.strip().isdigit() else None
     if seed_text.strip() and seed is None:
-        st.sidebar.warning("The seed must be a whole number; using a random one.")
+        st.sidebar.warning(t("chat.seed_invalid"))
     try:
         return GenerationSettings(
             temperature=temperature,
@@ -258,21 +326,21 @@ def sampling_sidebar(context_length: int) -> GenerationSettings:
             stop=tuple(line for line in stop_text.splitlines() if line),
         )
     except OvchatError as error:
-        st.sidebar.warning(f"{error}; using the defaults.")
+        st.sidebar.warning(t("chat.settings_invalid", detail=str(error)))
         return GenerationSettings()
 
 
 def system_prompt_sidebar(chat_id: int | None) -> str:
     """The open chat's system prompt; a new chat keeps it until its first message creates the chat."""
     saved = store().get(chat_id).system_prompt if chat_id is not None else st.session_state.get("new_system", "")
-    with st.sidebar.expander("System prompt", expanded=bool(saved)):
+    with st.sidebar.expander(t("chat.system_prompt"), expanded=bool(saved)):
         text = st.text_area(
-            "System prompt",
+            t("chat.system_prompt"),
             value=saved,
             key=f"system_{chat_id}",
             label_visibility="collapsed",
-            placeholder="For example: You are a concise assistant.",
-            help="Instructions the model sees before the chat; saved with this chat.",
+            placeholder=t("chat.system_prompt_placeholder"),
+            help=t("chat.system_prompt_help"),
         )
     if text != saved:
         if chat_id is None:
@@ -287,14 +355,15 @@ def system_prompt_sidebar(chat_id: int | None) -> str:
 
 def first_run_export(folder: Path) -> None:
     """Export the default model here, with its progress visible (the first run, or after it was deleted)."""
-    with st.status("First run: exporting the default model to OpenVINO (under a minute)...", expanded=True) as status:
+    with st.status(t("chat.first_run"), expanded=True) as status:
 
         def progress(step: str, event: str, seconds: float | None) -> None:
             if event == "done":
-                st.write(f"✓ {step} ({seconds:.1f} s)")
+                name = t(STEP_KEYS[step]) if step in STEP_KEYS else step
+                st.write(t("chat.step_done", step=name, seconds=seconds))
 
         export_model(None, folder, progress=progress)
-        status.update(label="Default model exported", state="complete")
+        status.update(label=t("chat.first_run_done"), state="complete")
 
 
 def show_history(chat_id: int | None) -> None:
@@ -303,9 +372,14 @@ def show_history(chat_id: int | None) -> None:
     for message in store().get(chat_id).messages:
         with st.chat_message(message.role):
             # Markdown, never HTML: model output is not trusted.
-            st.markdown(message.content if message.content else "*(no text)*")
+            st.markdown(message.content if message.content else t("chat.no_text"))
             if message.role == "assistant":
-                st.caption(describe_reply(message.meta))
+                st.caption(reply_line(message.meta))
+
+
+def reply_line(meta: dict) -> str:
+    """The line under a reply, in the page's language."""
+    return describe_reply(meta, st.session_state.get(LANGUAGE_KEY, DEFAULT_LANGUAGE))
 
 
 def regenerate(chat_id: int) -> None:
@@ -334,14 +408,16 @@ def chat_actions(chat_id: int) -> None:
         return
     if st.session_state.get("editing"):
         with st.form("edit"):
-            st.text_area("Edit your last message", value=last_user.content, key="edit_text")
+            st.text_area(t("chat.edit_last"), value=last_user.content, key="edit_text")
             left, right = st.columns(2)
-            left.form_submit_button("Send", type="primary", on_click=resend_edit, args=(chat_id,))
-            right.form_submit_button("Cancel", on_click=st.session_state.pop, args=("editing", None))
+            left.form_submit_button(t("chat.send"), type="primary", on_click=resend_edit, args=(chat_id,))
+            right.form_submit_button(t("chat.cancel"), on_click=st.session_state.pop, args=("editing", None))
         return
     left, right, _ = st.columns([1, 1, 2])
-    left.button("🔄 Regenerate", on_click=regenerate, args=(chat_id,), use_container_width=True)
-    right.button("✏️ Edit", on_click=st.session_state.__setitem__, args=("editing", True), use_container_width=True)
+    left.button(t("chat.regenerate"), on_click=regenerate, args=(chat_id,), use_container_width=True)
+    right.button(
+        t("chat.edit"), on_click=st.session_state.__setitem__, args=("editing", True), use_container_width=True
+    )
 
 
 def show_streaming_reply(engine: Engine, chat_id: int, settings: GenerationSettings) -> None:
@@ -350,12 +426,12 @@ def show_streaming_reply(engine: Engine, chat_id: int, settings: GenerationSetti
     with st.chat_message("assistant"):
         # Any click, this one included, interrupts the running script; stream_into_store then
         # stops the engine and keeps the partial reply, marked stopped.
-        st.button("⏹ Stop", key="stop")
+        st.button(t("chat.stop"), key="stop")
         pieces = stream_into_store(engine, store(), chat_id, settings)
         try:
             st.write_stream(pieces)
         except OvchatError as error:
-            st.error(f"{error}")
+            st.error(t("chat.reply_failed", detail=str(error)))
             return
         finally:
             pieces.close()
@@ -373,32 +449,33 @@ def wait_for_the_last_reply() -> None:
 
 def main() -> None:
     wait_for_the_last_reply()
+    choose_language()
     chat_id = current_chat()
-    prompt = st.chat_input("Ask anything", key="prompt")  # pinned to the bottom wherever it is called
+    # Pinned to the bottom wherever it is called; its send button is Streamlit's own.
+    prompt = st.chat_input(t("chat.ask"), key="prompt")
     with st.sidebar:
+        language_picker()
         chats_sidebar(chat_id)
         folder, device, backend = model_sidebar()
-    st.title("💬 ovchat")
+    st.title(t("chat.page_title"))
     if folder is None:
-        st.info("Type the path of an exported model folder in the sidebar.")
+        st.info(t("chat.no_folder"))
         show_history(chat_id)
         return
     try:
         if not os.environ.get(MODEL_ENV) and folder == default_model_folder():
             ensure_default_model(first_run_export)
-        engine = shared_engine(str(folder), device, backend)
+        with st.spinner(t("chat.loading")):  # shown only if loading takes more than half a second
+            engine = shared_engine(str(folder), device, backend)
     except OvchatError as error:
-        st.error(f"{error}")
-        st.info(
-            "Pick another model in the sidebar, or export this one again: "
-            "`python export_ir.py SOURCE -o FOLDER --force`."
-        )
+        st.error(t("chat.load_failed", detail=str(error)))
+        st.info(t("chat.load_failed_hint"))
         show_history(chat_id)
         return
     with st.sidebar:
         settings = sampling_sidebar(engine.context_length)
     system_prompt_sidebar(chat_id)
-    st.caption(f"`{folder.name}` on {engine.device} · context {engine.context_length} tokens")
+    st.caption(t("chat.model_line", folder=folder.name, device=engine.device, context=engine.context_length))
 
     if prompt:
         if chat_id is None:

@@ -52,15 +52,17 @@ setup() {
 }
 
 # The browser test (tests/test_browser.py) drives Debian's chromium through Playwright; Playwright's own
-# browser download is never used. The colour emoji font is for the page's emoji in the screenshot it saves.
+# browser download is never used. The colour emoji font is for the page's emoji in the screenshot it saves;
+# the CJK font is for the page in Chinese, which without it shows every Chinese character as an empty box.
 # Checked on every test and setup run, outside the pip stamp: these are system packages that .venv's stamp
 # knows nothing about, and the check is two file tests.
 CHROMIUM=/usr/bin/chromium
 EMOJI_FONT=/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+CJK_FONT=/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
 
 ensure_chromium() {
-    [ -x "$CHROMIUM" ] && [ -e "$EMOJI_FONT" ] && return
-    local packages="chromium fonts-noto-color-emoji" sudo=""
+    [ -x "$CHROMIUM" ] && [ -e "$EMOJI_FONT" ] && [ -e "$CJK_FONT" ] && return
+    local packages="chromium fonts-noto-color-emoji fonts-noto-cjk" sudo=""
     if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
         sudo=sudo
     fi

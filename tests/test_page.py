@@ -13,6 +13,8 @@ from fakes import FakeEngine
 
 from ovchat.chats.store import ConversationStore
 from ovchat.engine import Engine
+from ovchat.i18n import CATALOG, PREFS_FILE, translate
+from ovchat.paths import data_home
 from ovchat.settings import GenerationSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +53,15 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeEngine:
     return engine
 
 
-def open_page(query: dict[str, str] | None = None, timeout: float = 60):
+def open_page(query: dict[str, str] | None = None, timeout: float = 60, locale: str | None = None):
+    """A new browser tab on the page: ``query`` is the URL's, ``locale`` the browser's navigator.language."""
     from streamlit.testing.v1 import AppTest
 
     app = AppTest.from_file(PAGE, default_timeout=timeout)
     for key, value in (query or {}).items():
         app.query_params[key] = value
+    if locale is not None:
+        app.context["locale"] = locale
     app.run()
     assert not app.exception, app.exception
     return app
@@ -353,3 +358,141 @@ def test_a_note_shows_when_older_turns_were_left_out(fake_engine: FakeEngine) ->
     app = open_page()
     send(app, "hello")
     assert app.chat_message[1].caption[0].value.endswith("3 older turns left out to fit the context")
+
+
+# ----- the page in Simplified Chinese -----
+
+ZH = CATALOG["zh-CN"]
+LANGUAGE_LABEL = "Language / 语言"
+ZH_REPLY_CAPTION = re.compile(
+    r"^(\d+) 个词元 · 首个词元 [\d.]+ 秒( · [\d.]+ 词元/秒)? · (自然结束|达到长度上限|已停止)"
+)
+
+
+def language_picker(app):
+    return next(s for s in app.sidebar.selectbox if s.label == LANGUAGE_LABEL)
+
+
+def remembered() -> str | None:
+    path = data_home() / PREFS_FILE
+    return json.loads(path.read_text(encoding="utf-8")).get("language") if path.exists() else None
+
+
+def labels(app) -> list[str]:
+    """The labels of the sidebar's widgets and the page's buttons, headers and expanders."""
+    widgets = [*app.sidebar.selectbox, *app.sidebar.slider, *app.sidebar.text_input, *app.sidebar.text_area]
+    widgets += [*app.sidebar.file_uploader, *app.button, *app.get("download_button"), *app.expander]
+    return [widget.label for widget in widgets] + [header.value for header in app.sidebar.header]
+
+
+def assert_chinese(app) -> None:
+    """Every label is a Chinese text of the catalog (or one the same in both, such as "Top-p")."""
+    english_only = set(CATALOG["en"].values()) - set(ZH.values())
+    assert [label for label in labels(app) if label in english_only] == []
+    assert set(labels(app)) - set(ZH.values()) <= {"batched"}  # the rest are names (a chat title, a device...)
+
+
+def test_the_page_in_chinese_from_the_url(fake_engine: FakeEngine) -> None:
+    app = open_page({"lang": "zh-CN"})
+    assert language_picker(app).value == "zh-CN" and language_picker(app).options == ["English", "简体中文"]
+    assert [header.value for header in app.sidebar.header] == [ZH["chat.chats"], ZH["chat.model"], ZH["chat.sampling"]]
+    assert button(app, "➕ 新对话").label == ZH["chat.new_chat"]  # a literal too: a broken lookup cannot pass
+    sliders = [ZH[key] for key in ("chat.temperature", "chat.top_p", "chat.top_k", "chat.max_new_tokens")]
+    assert [s.label for s in app.sidebar.slider] == [*sliders, ZH["chat.repetition_penalty"]]
+    assert app.sidebar.slider[0].label == "温度"
+    assert app.sidebar.slider[0].help == ZH["chat.temperature_help"]
+    selects = [s.label for s in app.sidebar.selectbox]
+    assert selects == [LANGUAGE_LABEL, ZH["chat.exported_model"], ZH["chat.device"], ZH["chat.backend"]]
+    assert [t.label for t in app.sidebar.text_input] == [ZH["chat.seed"]]
+    assert [t.label for t in app.sidebar.text_area] == [ZH["chat.stop_strings"], "系统提示词"]
+    assert app.sidebar.text_area[1].placeholder == ZH["chat.system_prompt_placeholder"]
+    assert app.sidebar.file_uploader[0].label == ZH["chat.import"]
+    assert app.chat_input[0].placeholder == "有问题，尽管问"
+    assert app.caption[0].value == translate(
+        "zh-CN", "chat.model_line", folder="fake-model", device="CPU", context=2048
+    )
+    assert_chinese(app)
+
+    send(app, "你好，请用中文回答。")
+    assert shown(app) == [("user", "你好，请用中文回答。"), ("assistant", "You said: 你好，请用中文回答。")]
+    assert ZH_REPLY_CAPTION.match(app.chat_message[1].caption[0].value), app.chat_message[1].caption[0].value
+    assert button(app, ZH["chat.regenerate"]) and button(app, "✏️ 编辑")
+    assert {d.label for d in app.get("download_button")} == {"下载 JSON", "下载 Markdown"}
+    assert [e.label for e in app.expander] == [ZH["chat.this_chat"], ZH["chat.advanced"], ZH["chat.system_prompt"]]
+    assert_chinese(app)
+
+    assert remembered() == "zh-CN"
+    again = open_page()  # a new tab without ?lang=: the choice was remembered
+    assert language_picker(again).value == "zh-CN"
+    assert button(again, "➕ 新对话") and again.sidebar.header[0].value == "对话"
+
+
+def test_the_language_picker_switches_the_page_and_keeps_the_settings(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    assert language_picker(app).value == "en" and remembered() is None  # English by default, nothing written
+    next(s for s in app.sidebar.slider if s.label == "Temperature").set_value(0.3).run()
+    next(t for t in app.sidebar.text_input if t.label == "Seed").set_value("7").run()
+    language_picker(app).set_value("zh-CN").run()
+    assert button(app, "➕ 新对话") and remembered() == "zh-CN"
+    assert next(s for s in app.sidebar.slider if s.label == "温度").value == 0.3  # a new label, the same value
+    assert next(t for t in app.sidebar.text_input if t.label == "随机种子").value == "7"
+    assert_chinese(app)
+    send(app, "数学是被发明的还是被发现的？")
+    assert fake_engine.calls[-1][1].temperature == 0.3 and fake_engine.calls[-1][1].seed == 7
+    language_picker(app).set_value("en").run()
+    assert button(app, "➕ New chat") and button(app, "🔄 Regenerate") and remembered() == "en"
+    assert CAPTION.match(app.chat_message[1].caption[0].value)
+    assert open_page().sidebar.header[0].value == "Chats"
+
+
+def test_the_picker_keeps_the_urls_lang_in_step(fake_engine: FakeEngine) -> None:
+    app = open_page({"lang": "zh-CN"})
+    language_picker(app).set_value("en").run()
+    assert app.query_params["lang"] == "en" and button(app, "➕ New chat")
+    app.run()  # the URL no longer says Chinese, so the page stays English
+    assert button(app, "➕ New chat") and remembered() == "en"
+
+
+def test_the_browsers_language_is_the_default_until_one_is_chosen(fake_engine: FakeEngine) -> None:
+    app = open_page(locale="zh-CN")
+    assert language_picker(app).value == "zh-CN" and button(app, "➕ 新对话")
+    assert remembered() is None  # the browser's language is not a choice
+    assert button(open_page(locale="en-US"), "➕ New chat")
+    assert button(open_page(locale="zh-TW"), "➕ 新对话")
+    language_picker(app).set_value("en").run()
+    assert button(open_page(locale="zh-CN"), "➕ New chat")  # a choice beats the browser
+
+
+def test_a_malformed_preferences_file_is_ignored(fake_engine: FakeEngine) -> None:
+    (data_home() / PREFS_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (data_home() / PREFS_FILE).write_text("{not json", encoding="utf-8")
+    assert button(open_page(), "➕ New chat")
+    assert button(open_page(locale="zh-CN"), "➕ 新对话")
+
+
+def test_errors_in_chinese_keep_the_packages_detail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken").mkdir()
+    monkeypatch.setenv("OVCHAT_MODEL", str(tmp_path / "broken"))
+    app = open_page({"lang": "zh-CN"})
+    assert app.error[0].value.startswith("无法加载模型：") and "missing openvino_model.xml" in app.error[0].value
+    assert app.info[0].value == ZH["chat.load_failed_hint"]
+    broken = b'{"format": "ovchat.chat", "version": 1, "messages": [{"role": "bot"}]}'
+    app.sidebar.file_uploader[0].upload("broken.json", broken).run()
+    assert app.sidebar.error[0].value.startswith("无法导入对话：")
+    assert "message 0 has no valid role" in app.sidebar.error[0].value
+
+
+def test_a_stopped_reply_says_so_in_chinese(fake_engine: FakeEngine) -> None:
+    import streamlit as st
+
+    def click_stop(index: int, cancel: threading.Event) -> None:
+        if index == 2:
+            st.stop()
+
+    fake_engine.reply = lambda messages: "一 二 三 四 五 六"
+    fake_engine.on_chunk = click_stop
+    app = open_page({"lang": "zh-CN"})
+    send(app, "讲个故事")
+    app.run()
+    assert shown(app)[-1] == ("assistant", "一 二 三")
+    assert app.chat_message[1].caption[0].value.endswith("已停止")

@@ -62,11 +62,11 @@ def run_logprobs_bench(ir: Path, rounds: int, new_tokens: int, progress: Any = l
 
     engine = Engine.load(ir)
     base = GenerationSettings(temperature=0.0, max_new_tokens=new_tokens)
-    rss_before = process_tree_rss_mb(os.getpid())
+    rss_before = process_tree_rss_mb()
     compile_started = time.perf_counter()
     engine.scorer()
     scorer_load_s = time.perf_counter() - compile_started
-    scorer_mb = process_tree_rss_mb(os.getpid()) - rss_before
+    scorer_mb = process_tree_rss_mb() - rss_before
     engine.generate(fresh_chat(PROMPTS["short"]), base.with_changes(logprobs=5))  # warm both paths
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {mode: [] for mode in MODES} for name in PROMPTS}
     for round_index in range(rounds):

@@ -15,6 +15,7 @@ from typing import Any
 from ovchat.chats.store import ConversationStore
 from ovchat.engine import ReplyStats, StreamingEngine
 from ovchat.engine.streaming import TokenLogprob
+from ovchat.i18n import translate
 from ovchat.settings import GenerationSettings
 
 # Save a growing reply at most this often; every chunk would be dozens of writes a second.
@@ -44,13 +45,13 @@ def reply_logprobs(meta: dict[str, Any]) -> tuple[TokenLogprob, ...] | None:
         return None
 
 
-def describe_reply(meta: dict[str, Any]) -> str:
+def describe_reply(meta: dict[str, Any], language: str = "en") -> str:
     """The line under a reply on the page: its stats, and "stopped" for a reply the user stopped."""
     stats = ReplyStats.from_dict(meta)
-    label = "stopped" if meta.get("stopped") else None
+    stopped = bool(meta.get("stopped"))
     if stats is None:
-        return label or ""
-    return stats.describe(finish_label=label)
+        return translate(language, "reply.finish.stopped") if stopped else ""
+    return stats.describe(finish_label="stopped" if stopped else None, language=language)
 
 
 def stream_into_store(

@@ -16,6 +16,8 @@ from typing import Any
 from ovchat.errors import OvchatError
 
 FINISH_REASONS = ("eos", "length", "stop", "cancelled")
+# How a reply ended as the line under it says it: the finish reasons, and "stopped" (by the user).
+FINISH_LABELS = (*FINISH_REASONS, "stopped")
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,20 @@ class ReplyStats:
             trimmed_turns=int(data.get("trimmed_turns") or 0),
         )
 
-    def describe(self, finish_label: str | None = None) -> str:
-        """One line: tokens, time to first token, speed, how the reply ended, and any turns left out."""
-        parts = [f"{self.new_tokens} tokens"]
+    def describe(self, finish_label: str | None = None, language: str = "en") -> str:
+        """One line: tokens, time to first token, speed, how the reply ended, and any turns left out, in
+        ``language`` (the texts are the catalog's ``reply.*``, ovchat/i18n/reply.py)."""
+        from ovchat.i18n import translate
+
+        parts = [translate(language, "reply.tokens", count=self.new_tokens)]
         if self.ttft_s is not None:
-            parts.append(f"first token {self.ttft_s:.2f} s")
+            parts.append(translate(language, "reply.first_token", seconds=self.ttft_s))
         if self.decode_tok_s is not None:
-            parts.append(f"{self.decode_tok_s:.1f} tok/s")
-        parts.append(finish_label or self.finish_reason)
+            parts.append(translate(language, "reply.speed", speed=self.decode_tok_s))
+        finish = finish_label or self.finish_reason
+        parts.append(translate(language, f"reply.finish.{finish}") if finish in FINISH_LABELS else finish)
         if self.trimmed_turns:
-            parts.append(f"{self.trimmed_turns} older turns left out to fit the context")
+            parts.append(translate(language, "reply.trimmed", count=self.trimmed_turns))
         return " · ".join(parts)
 
 
