@@ -22,6 +22,10 @@ from pathlib import Path
 
 import streamlit as st
 
+import lab_streamlit as lab
+
+# t(key): a text of the catalog in the page's language, the language being st.session_state[LANGUAGE_KEY].
+from lab_streamlit import LANGUAGE_KEY, t
 from ovchat.chats import (
     ConversationStore,
     chat_to_dict,
@@ -47,7 +51,6 @@ from ovchat.i18n import (
     initial_language,
     language_from_locale,
     remember_language,
-    translate,
 )
 from ovchat.model_folder import export_summary, is_complete
 from ovchat.paths import data_home, models_dir
@@ -56,8 +59,8 @@ from ovchat.settings import GenerationSettings
 MODEL_ENV = "OVCHAT_MODEL"  # an IR folder to open first instead of the default model
 # The model picker's option for typing a folder: a value only, shown as t("chat.other_folder").
 OTHER_FOLDER = "Other folder..."
-LANGUAGE_KEY = "language"  # the language picker's key in st.session_state
 LANGUAGE_PARAM = "lang"  # ?lang=zh-CN opens the page in that language (and remembers it)
+PRESET_SLIDERS = ("temperature", "top_p", "top_k", "repetition_penalty")  # the sliders a preset sets (by key)
 # The catalog keys of the export's steps; anything else is shown as is.
 STEP_KEYS = {
     "load": "chat.step.load",
@@ -72,11 +75,6 @@ st.set_page_config(page_title="ovchat", page_icon="💬")  # the first Streamlit
 
 
 # ----- the page's language -----
-
-
-def t(key: str, **params: object) -> str:
-    """The page's text for ``key`` in the chosen language (ovchat/i18n/chat.py)."""
-    return translate(st.session_state.get(LANGUAGE_KEY, DEFAULT_LANGUAGE), key, **params)
 
 
 def browser_locale() -> str | None:
@@ -255,7 +253,10 @@ def model_sidebar() -> tuple[Path | None, str, str]:
         t("chat.exported_model"),
         options,
         index=options.index(preferred) if preferred in options else 0,
-        format_func=lambda value: t("chat.other_folder") if value == OTHER_FOLDER else Path(value).name,
+        # Labels made now, in this run's language (a format_func may also be called outside the run).
+        format_func={
+            value: t("chat.other_folder") if value == OTHER_FOLDER else Path(value).name for value in options
+        }.__getitem__,
         help=t("chat.exported_model_help", folder=models_dir()),
         key="model",  # keyed widgets keep their value when the language, and so the label, changes
     )
@@ -283,12 +284,17 @@ def model_sidebar() -> tuple[Path | None, str, str]:
 
 def sampling_sidebar(context_length: int) -> GenerationSettings:
     st.header(t("chat.sampling"))
-    # Every setting has a key, so that it keeps its value when the language (its label) changes.
+    # Every setting has a key, so that it keeps its value when the language (its label) changes; the
+    # preset picker sets the four it names through those keys, so their defaults are set here, not passed.
+    defaults = GenerationSettings()
+    for field in PRESET_SLIDERS:
+        st.session_state.setdefault(field, getattr(defaults, field))
+    lab.preset_picker({field: field for field in PRESET_SLIDERS})
     temperature = st.slider(
-        t("chat.temperature"), 0.0, 2.0, 0.7, 0.05, help=t("chat.temperature_help"), key="temperature"
+        t("chat.temperature"), 0.0, 2.0, step=0.05, help=t("chat.temperature_help"), key="temperature"
     )
-    top_p = st.slider(t("chat.top_p"), 0.05, 1.0, 0.9, 0.05, help=t("chat.top_p_help"), key="top_p")
-    top_k = st.slider(t("chat.top_k"), 0, 200, 40, 1, help=t("chat.top_k_help"), key="top_k")
+    top_p = st.slider(t("chat.top_p"), 0.05, 1.0, step=0.05, help=t("chat.top_p_help"), key="top_p")
+    top_k = st.slider(t("chat.top_k"), 0, 200, step=1, help=t("chat.top_k_help"), key="top_k")
     # The reply must fit the context together with the prompt, so the slider stops at half of it.
     longest = max(16, min(4096, context_length // 2) // 16 * 16)
     max_new_tokens = st.slider(
@@ -305,18 +311,18 @@ def sampling_sidebar(context_length: int) -> GenerationSettings:
             t("chat.repetition_penalty"),
             1.0,
             2.0,
-            1.1,
-            0.05,
+            step=0.05,
             help=t("chat.repetition_penalty_help"),
             key="repetition_penalty",
         )
         seed_text = st.text_input(t("chat.seed"), help=t("chat.seed_help"), key="seed")
         stop_text = st.text_area(t("chat.stop_strings"), help=t("chat.stop_strings_help"), key="stop_strings")
+    logprobs = lab.probabilities_toggle()
     seed = int(seed_text) if seed_text.strip().isdigit() else None
     if seed_text.strip() and seed is None:
         st.sidebar.warning(t("chat.seed_invalid"))
     try:
-        return GenerationSettings(
+        settings = GenerationSettings(
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
@@ -324,10 +330,13 @@ def sampling_sidebar(context_length: int) -> GenerationSettings:
             repetition_penalty=repetition_penalty,
             seed=seed,
             stop=tuple(line for line in stop_text.splitlines() if line),
+            logprobs=logprobs,
         )
     except OvchatError as error:
         st.sidebar.warning(t("chat.settings_invalid", detail=str(error)))
-        return GenerationSettings()
+        return GenerationSettings(logprobs=logprobs)
+    lab.save_preset_form(settings)
+    return settings
 
 
 def system_prompt_sidebar(chat_id: int | None) -> str:
@@ -371,8 +380,10 @@ def show_history(chat_id: int | None) -> None:
         return
     for message in store().get(chat_id).messages:
         with st.chat_message(message.role):
-            # Markdown, never HTML: model output is not trusted.
-            st.markdown(message.content if message.content else t("chat.no_text"))
+            shaded = st.session_state.get("show_probabilities") and lab.shaded_reply(message.meta)
+            if not shaded:
+                # Markdown, never HTML: model output is not trusted.
+                st.markdown(message.content if message.content else t("chat.no_text"))
             if message.role == "assistant":
                 st.caption(reply_line(message.meta))
 
@@ -451,12 +462,13 @@ def main() -> None:
     wait_for_the_last_reply()
     choose_language()
     chat_id = current_chat()
-    # Pinned to the bottom wherever it is called; its send button is Streamlit's own.
-    prompt = st.chat_input(t("chat.ask"), key="prompt")
     with st.sidebar:
         language_picker()
+        view = lab.view_picker()
         chats_sidebar(chat_id)
         folder, device, backend = model_sidebar()
+    # Pinned to the bottom wherever it is called; its send button is Streamlit's own. The lab's views have none.
+    prompt = st.chat_input(t("chat.ask"), key="prompt") if view == lab.CHAT_VIEW else None
     st.title(t("chat.page_title"))
     if folder is None:
         st.info(t("chat.no_folder"))
@@ -476,6 +488,9 @@ def main() -> None:
         settings = sampling_sidebar(engine.context_length)
     system_prompt_sidebar(chat_id)
     st.caption(t("chat.model_line", folder=folder.name, device=engine.device, context=engine.context_length))
+    if view != lab.CHAT_VIEW:
+        lab.draw_view(view, engine, store().get(chat_id).chat_messages() if chat_id is not None else [], settings)
+        return
 
     if prompt:
         if chat_id is None:

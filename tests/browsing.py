@@ -62,8 +62,8 @@ def wait_for_text(message: Locator, timeout_s: float = REPLY_MS / 1000) -> str:
     pytest.fail(f"no reply text in {timeout_s:.0f} s")
 
 
-def set_temperature_to_zero(page: Page) -> None:
+def set_temperature_to_zero(page: Page, label: str = "Temperature") -> None:
     """Greedy decoding, so the reply is the same every run (the slider's Home key goes to its minimum)."""
-    page.get_by_role("slider", name="Temperature").press("Home", timeout=MODEL_LOAD_MS)  # shown once loaded
-    slider = page.locator('[data-testid="stSlider"]').filter(has_text="Temperature")
+    page.get_by_role("slider", name=label).press("Home", timeout=MODEL_LOAD_MS)  # shown once loaded
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text=label)
     slider.locator('[data-testid="stSliderThumbValue"]').filter(has_text="0.00").wait_for()

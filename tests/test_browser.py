@@ -18,6 +18,7 @@ import pytest
 from browsing import (
     CAPTION,
     CHAT_INPUT,
+    MESSAGE,
     MODEL_LOAD_MS,
     REPLY_MS,
     SERVER_START_S,
@@ -164,3 +165,101 @@ def test_two_tabs_stream_their_replies_at_the_same_time(browser: Browser, chat_s
     finally:
         for context in contexts:
             context.close()
+
+
+# Two different Chinese characters drawn in the page's own font: with a CJK font they are two glyphs; without
+# one, Chromium draws the same empty box for both (what a user saw before fonts-noto-cjk was installed).
+DRAW_CHARACTERS_JS = """([selector, characters]) => {
+    const font = getComputedStyle(document.querySelector(selector)).font;
+    return [...characters].map(character => {
+        const canvas = document.createElement('canvas');
+        canvas.width = 64; canvas.height = 64;
+        const context = canvas.getContext('2d');
+        context.font = font; context.textBaseline = 'top';
+        context.fillText(character, 8, 8);
+        return canvas.toDataURL();
+    });
+}"""
+USER_TEXT = f'{MESSAGE} [data-testid="stMarkdownContainer"] p'
+SCREENSHOTS = {
+    "zh": ROOT / "docs" / "screenshot-zh-CN.png",
+    "probabilities": ROOT / "docs" / "lab-probabilities.png",
+    "explorer": ROOT / "docs" / "lab-explorer.png",
+    "compare": ROOT / "docs" / "lab-compare.png",
+}
+
+
+def save_screenshot(page: Page, name: str, tmp_path: Path) -> None:
+    """Always into the test's folder (checked); into docs/ only when asked, so test runs leave the tree clean."""
+    targets = [tmp_path / f"{name}.png"] + ([SCREENSHOTS[name]] if os.environ.get(UPDATE_SCREENSHOT_ENV) else [])
+    for path in targets:
+        page.screenshot(path=str(path), full_page=True)
+        data = path.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 20_000, (path, len(data))
+
+
+def test_the_page_in_chinese_shows_chinese_labels_and_text(page: Page, chat_server: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    try:
+        page.goto(f"{chat_server}/?lang=zh-CN")
+        page.locator(CHAT_INPUT).wait_for(timeout=MODEL_LOAD_MS)
+        expect(page.get_by_role("button", name="➕ 新对话")).to_be_visible()
+        for header in ("对话", "模型", "采样"):
+            expect(page.get_by_role("heading", name=header)).to_be_visible()
+        expect(page.locator(CHAT_INPUT)).to_have_attribute("placeholder", "有问题，尽管问")
+        set_temperature_to_zero(page, "温度")
+        page.get_by_role("slider", name="最大生成长度").press("Home")  # 16 tokens: the model is slow in Chinese
+        reply = send(page, "你好！请用中文介绍一下巴黎。")
+        finished = reply.locator(CAPTION).filter(has_text="词元/秒")
+        expect(finished).to_be_visible(timeout=REPLY_MS)
+        assert reply_text(reply)
+        question = page.locator(USER_TEXT).first
+        assert question.inner_text() == "你好！请用中文介绍一下巴黎。"  # text in the page, not an image of it
+        first, second, blank = page.evaluate(DRAW_CHARACTERS_JS, [USER_TEXT, "巴黎 "])
+        assert first != blank, "巴 draws as nothing in the page's font"
+        assert first != second, "巴 and 黎 draw the same: empty boxes, no CJK font"
+        save_screenshot(page, "zh", tmp_path)
+    finally:
+        page.goto(f"{chat_server}/?lang=en")  # the choice is remembered in the server's data folder: undo it
+        page.get_by_role("button", name="➕ New chat").wait_for(timeout=MODEL_LOAD_MS)
+
+
+def test_the_sampling_lab_views(page: Page, tmp_path: Path) -> None:
+    """A reply shaded by its tokens' probabilities, the next-token explorer on that chat, and a comparison."""
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 1280, "height": 1500})  # room for each view in its screenshot
+    set_temperature_to_zero(page)
+    page.get_by_text("Show token probabilities").click()
+    reply = send(page, "What is the capital of France?")
+    expect(reply.locator(CAPTION).filter(has_text="tok/s")).to_be_visible(timeout=REPLY_MS)
+    tokens = reply.locator(".ovchat-token")
+    expect(tokens.first).to_be_visible()
+    assert "Paris" in reply.locator(".ovchat-shaded").inner_text()
+    assert re.search(r"\d+\.\d%", tokens.first.get_attribute("title") or ""), "no probability on hover"
+    save_screenshot(page, "probabilities", tmp_path)
+
+    page.get_by_role("combobox", name="Preset").click()  # sampling again, so the filters have work to do
+    page.get_by_role("option", name="Balanced").click()
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text="Temperature")
+    slider.locator('[data-testid="stSliderThumbValue"]').filter(has_text="0.70").wait_for()
+    views = page.locator(".st-key-lab_view")  # the segmented control: its emoji is an icon apart from the text
+    views.get_by_role("radio", name="Next token").click()
+    expect(page.get_by_text("Next-token explorer")).to_be_visible(timeout=MODEL_LOAD_MS)
+    expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Tokens left")).to_be_visible()
+    page.locator(".st-key-take_0 button").click()
+    expect(page.get_by_text("1 tokens taken")).to_be_visible(timeout=30_000)
+    save_screenshot(page, "explorer", tmp_path)
+
+    views.get_by_role("radio", name="Compare settings").click()
+    expect(page.get_by_role("button", name="▶ Compare")).to_be_visible(timeout=30_000)
+    page.get_by_label("Samples per setting").fill("2")
+    page.get_by_label("Max new tokens").last.fill("24")
+    page.get_by_label("Max new tokens").last.press("Enter")
+    page.get_by_role("button", name="▶ Compare").click()
+    expect(page.get_by_role("button", name="Download CSV")).to_be_visible(timeout=REPLY_MS)
+    expect(page.get_by_text("seed 1 ·")).to_have_count(3)  # 3 settings, each with seeds 0 and 1
+    page.get_by_text("Diversity and likelihood").scroll_into_view_if_needed()
+    save_screenshot(page, "compare", tmp_path)

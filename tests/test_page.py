@@ -14,6 +14,7 @@ from fakes import FakeEngine
 from ovchat.chats.store import ConversationStore
 from ovchat.engine import Engine
 from ovchat.i18n import CATALOG, PREFS_FILE, translate
+from ovchat.lab import presets
 from ovchat.paths import data_home
 from ovchat.settings import GenerationSettings
 
@@ -402,8 +403,8 @@ def test_the_page_in_chinese_from_the_url(fake_engine: FakeEngine) -> None:
     assert app.sidebar.slider[0].label == "温度"
     assert app.sidebar.slider[0].help == ZH["chat.temperature_help"]
     selects = [s.label for s in app.sidebar.selectbox]
-    assert selects == [LANGUAGE_LABEL, ZH["chat.exported_model"], ZH["chat.device"], ZH["chat.backend"]]
-    assert [t.label for t in app.sidebar.text_input] == [ZH["chat.seed"]]
+    assert selects == [LANGUAGE_LABEL, ZH["chat.exported_model"], ZH["chat.device"], ZH["chat.backend"], "预设"]
+    assert [t.label for t in app.sidebar.text_input] == [ZH["chat.seed"], ZH["lab.preset_name"]]
     assert [t.label for t in app.sidebar.text_area] == [ZH["chat.stop_strings"], "系统提示词"]
     assert app.sidebar.text_area[1].placeholder == ZH["chat.system_prompt_placeholder"]
     assert app.sidebar.file_uploader[0].label == ZH["chat.import"]
@@ -496,3 +497,83 @@ def test_a_stopped_reply_says_so_in_chinese(fake_engine: FakeEngine) -> None:
     app.run()
     assert shown(app)[-1] == ("assistant", "一 二 三")
     assert app.chat_message[1].caption[0].value.endswith("已停止")
+
+
+# ----- the sampling lab: presets and token probabilities in the chat, the explorer and the comparison -----
+
+
+@pytest.fixture
+def tiny_page_model(monkeypatch: pytest.MonkeyPatch, tiny_irs: dict[str, Path]) -> Path:
+    monkeypatch.setenv("OVCHAT_MODEL", str(tiny_irs["int8"]))
+    return tiny_irs["int8"]
+
+
+def preset_picker(app):
+    return next(s for s in app.sidebar.selectbox if s.label in ("Preset", ZH["lab.preset"]))
+
+
+def test_a_preset_sets_the_sliders_and_reaches_the_engine(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    preset_picker(app).set_value("Creative").run()
+    values = {s.label: s.value for s in app.sidebar.slider}
+    creative = presets.BUILT_IN_PRESETS["Creative"]
+    assert values["Temperature"] == creative["temperature"] and values["Top-k"] == creative["top_k"]
+    send(app, "tell me a story")
+    settings = fake_engine.calls[-1][1]
+    assert (settings.temperature, settings.top_p, settings.top_k) == (1.1, 0.98, 100)
+    assert settings.logprobs is None  # token probabilities are off unless asked for
+
+
+def test_saving_a_preset_offers_it_in_the_picker(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    next(s for s in app.sidebar.slider if s.label == "Temperature").set_value(1.4).run()
+    next(t for t in app.sidebar.text_input if t.label == "Save the current settings as").set_value("Wild").run()
+    next(b for b in app.sidebar.button if b.label == "Save preset").click().run()
+    assert presets.load_presets()["Wild"]["temperature"] == 1.4
+    assert "Wild" in preset_picker(open_page()).options
+
+
+def test_the_probabilities_toggle_asks_the_engine_for_them(fake_engine: FakeEngine) -> None:
+    app = open_page()
+    next(t for t in app.sidebar.toggle if t.label == "Show token probabilities").set_value(True).run()
+    send(app, "hello")
+    assert fake_engine.calls[-1][1].logprobs == 5
+
+
+@pytest.mark.parametrize("language", ["en", "zh-CN"])
+def test_the_explorer_on_the_tiny_model(tiny_page_model: Path, language: str) -> None:
+    app = open_page({"view": "explore", "lang": language}, timeout=120)
+    text = CATALOG[language]
+    assert app.subheader[0].value == text["lab.explore_title"]
+    assert [m.label for m in app.metric] == [
+        text["lab.explore_kept"], text["lab.explore_entropy"], text["lab.explore_entropy_final"],
+    ]  # fmt: skip
+    table = app.dataframe[0].value
+    assert len(table) == 15 and table.columns[0] == text["lab.col_token"]
+    kept = int(app.metric[0].value.split(" / ")[0])
+    assert 1 <= kept <= GenerationSettings().top_k
+    next(b for b in app.button if b.key == "take_0").click().run()
+    assert any(text["lab.explore_taken"].format(count=1) in caption.value for caption in app.caption)
+    next(b for b in app.button if b.label == text["lab.take_undo"]).click().run()
+    assert text["lab.explore_taken"].format(count=1) not in "".join(c.value for c in app.caption)
+
+
+@pytest.mark.parametrize("language", ["en", "zh-CN"])
+def test_compare_on_the_tiny_model(tiny_page_model: Path, language: str) -> None:
+    app = open_page({"view": "compare", "lang": language}, timeout=120)
+    text = CATALOG[language]
+    assert app.subheader[0].value == text["lab.compare_title"]
+    numbers = {n.label: n for n in app.number_input}
+    numbers[text["lab.compare_count"]].set_value(2)
+    numbers[text["lab.compare_samples"]].set_value(2)
+    numbers[text["lab.compare_max_tokens"]].set_value(8)
+    app.run()
+    next(b for b in app.button if b.label == text["lab.compare_run"]).click().run(timeout=300)
+    assert not app.exception, app.exception
+    summary = app.dataframe[0].value
+    assert len(summary) == 2 and list(summary[text["lab.col_samples"]]) == [2, 2]
+    assert {d.label for d in app.get("download_button")} == {
+        text["lab.compare_download_csv"], text["lab.compare_download_json"],
+    }  # fmt: skip
+    seeds = [c.value for c in app.caption if c.value.startswith(text["lab.compare_seed"].split("{")[0])]
+    assert len(seeds) == 4
