@@ -237,3 +237,18 @@ def test_a_reply_cut_at_a_stop_string_scores_only_what_was_shown(tiny_irs: dict[
     cut = engine.generate(QUESTION, GREEDY.with_changes(max_new_tokens=12, stop=(stop,)))
     assert cut.stats.finish_reason == "stop" and cut.text.startswith(shown)
     assert [token.token_id for token in cut.logprobs] == [token.token_id for token in whole.logprobs[:3]]
+
+
+def test_the_logprobs_bench_compares_off_and_on(tiny_irs: dict[str, Path]) -> None:
+    """`ovchat bench --logprobs` on the tiny model, one round: every prompt in every mode, with its table."""
+    from ovchat.bench.logprobs import MODES, format_logprobs_table, run_logprobs_bench
+
+    prompts = {"short": "Hi there", "long": "Summarise this. " * 12}  # the tiny model's context is 512 tokens
+    report = run_logprobs_bench(tiny_irs["int8"], rounds=1, new_tokens=6, prompts=prompts)
+    assert set(report["prompts"]) == set(prompts) and report["scorer"]["load_s"] > 0
+    for figures in report["prompts"].values():
+        assert set(figures) == set(MODES)
+        assert figures["off"]["scoring_s"] is None and figures["top-5"]["scoring_s"] > 0
+        assert figures["off"]["reply_s_ratio_to_off"] == 1.0
+    header, rows = format_logprobs_table(json.loads(json.dumps(report)))  # as written and read back
+    assert len(rows) == len(prompts) * len(MODES) and len(rows[0]) == len(header)

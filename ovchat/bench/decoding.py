@@ -34,7 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ovchat.bench.report import median, ratio
+from ovchat.bench.report import fixed, median, ratio
 from ovchat.bench.workers import Worker, WorkerPool, rotated
 from ovchat.engine.decoding import (
     DEFAULT_ASSISTANT_TOKENS,
@@ -241,9 +241,6 @@ DECODING_TABLE_HEADER = [
 
 
 def format_decoding_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    def number(value: float | None, digits: int, suffix: str = "") -> str:
-        return "-" if value is None else f"{value:.{digits}f}{suffix}"
-
     rows = []
     for kind_name, kind in report["kinds"].items():
         label = f"{kind_name} ({'copies' if kind['input_grounded'] else 'open'})"
@@ -253,11 +250,11 @@ def format_decoding_table(report: dict[str, Any]) -> tuple[list[str], list[list[
                 [
                     label,
                     decoding,
-                    number(figure["decode_tok_s"], 1),
-                    number(figure["reply_s"], 2),
-                    number(figure["tokens_per_step"], 2),
+                    fixed(figure["decode_tok_s"], 1),
+                    fixed(figure["reply_s"], 2),
+                    fixed(figure["tokens_per_step"], 2),
                     "-" if figure["accepted_share"] is None else f"{figure['accepted_share']:.0%}",
-                    number(figure["ratio_to_plain"]["speedup"], 2, "x"),
+                    fixed(figure["ratio_to_plain"]["speedup"], 2, "x"),
                     "-" if decoding == PLAIN or same is None else ("yes" if same else "NO"),
                 ]
             )

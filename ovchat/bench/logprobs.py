@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ovchat.bench.decoding import SUMMARY_SOURCE
-from ovchat.bench.report import median, ratio
+from ovchat.bench.report import fixed, median, ratio
 from ovchat.bench.workers import rotated
 from ovchat.errors import OvchatError
 from ovchat.machine import machine_facts, process_tree_rss_mb
@@ -57,7 +57,13 @@ def timed_reply(engine: Any, messages: list[Message], settings: GenerationSettin
     raise OvchatError("the reply ended without a final chunk")
 
 
-def run_logprobs_bench(ir: Path, rounds: int, new_tokens: int, progress: Any = lambda message: None) -> dict[str, Any]:
+def run_logprobs_bench(
+    ir: Path,
+    rounds: int,
+    new_tokens: int,
+    progress: Any = lambda message: None,
+    prompts: dict[str, str] = PROMPTS,
+) -> dict[str, Any]:
     from ovchat.engine import Engine
 
     engine = Engine.load(ir)
@@ -67,10 +73,10 @@ def run_logprobs_bench(ir: Path, rounds: int, new_tokens: int, progress: Any = l
     engine.scorer()
     scorer_load_s = time.perf_counter() - compile_started
     scorer_mb = process_tree_rss_mb() - rss_before
-    engine.generate(fresh_chat(PROMPTS["short"]), base.with_changes(logprobs=5))  # warm both paths
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {mode: [] for mode in MODES} for name in PROMPTS}
+    engine.generate(fresh_chat(next(iter(prompts.values()))), base.with_changes(logprobs=5))  # warm both paths
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {mode: [] for mode in MODES} for name in prompts}
     for round_index in range(rounds):
-        for name, request in PROMPTS.items():
+        for name, request in prompts.items():
             messages = fresh_chat(request)
             for mode in rotated(list(MODES), round_index):
                 progress(f"round {round_index + 1}/{rounds}: {name} prompt, logprobs {mode}")
@@ -102,9 +108,6 @@ LOGPROBS_TABLE_HEADER = ["prompt", "logprobs", "prompt tokens", "decode tok/s", 
 
 
 def format_logprobs_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    def number(value: float | None, digits: int, suffix: str = "") -> str:
-        return "-" if value is None else f"{value:.{digits}f}{suffix}"
-
     rows = []
     for name, figures in report["prompts"].items():
         label = name
@@ -113,11 +116,11 @@ def format_logprobs_table(report: dict[str, Any]) -> tuple[list[str], list[list[
                 [
                     label,
                     mode,
-                    number(figure["prompt_tokens"], 0),
-                    number(figure["decode_tok_s"], 1),
-                    number(figure["reply_s"], 2),
-                    number(figure["scoring_s"], 3),
-                    number(figure["reply_s_ratio_to_off"], 2, "x"),
+                    fixed(figure["prompt_tokens"], 0),
+                    fixed(figure["decode_tok_s"], 1),
+                    fixed(figure["reply_s"], 2),
+                    fixed(figure["scoring_s"], 3),
+                    fixed(figure["reply_s_ratio_to_off"], 2, "x"),
                 ]
             )
             label = ""

@@ -28,6 +28,11 @@ def ratio(value: float | None, base: float | None) -> float | None:
     return value / base
 
 
+def fixed(value: float | None, digits: int, suffix: str = "") -> str:
+    """A table cell: ``value`` with ``digits`` decimals and ``suffix``, or "-" when there is none."""
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
 def ms(seconds: float | None) -> float | None:
     return seconds * 1000 if seconds is not None else None
 
