@@ -39,9 +39,11 @@ from ovchat.engine import (
     DEFAULT_BACKEND,
     OPTIMUM_BACKEND,
     Engine,
+    StreamingEngine,
     available_devices,
     installed_backends,
 )
+from ovchat.engine.remote import API_KEY_ENV, ENDPOINT_ENV, RemoteEngine
 from ovchat.errors import OvchatError
 from ovchat.export import default_model_folder, ensure_default_model, export_model
 from ovchat.extras import INSTALL_EXPORT_EXTRA
@@ -61,6 +63,7 @@ MODEL_ENV = "OVCHAT_MODEL"  # an IR folder to open first instead of the default 
 OTHER_FOLDER = "Other folder..."
 LANGUAGE_PARAM = "lang"  # ?lang=zh-CN opens the page in that language (and remembers it)
 PRESET_SLIDERS = ("temperature", "top_p", "top_k", "repetition_penalty")  # the sliders a preset sets (by key)
+LOCAL, REMOTE = "local", "remote"  # where the model runs: an exported folder here, or an OpenAI-compatible server
 # The catalog keys of the export's steps; anything else is shown as is.
 STEP_KEYS = {
     "load": "chat.step.load",
@@ -237,8 +240,45 @@ def import_chat() -> None:
     st.rerun()
 
 
+@st.cache_resource(show_spinner=False)
+def remote_engine(url: str, api_key: str, model: str) -> RemoteEngine:
+    """One connection per server, key and model, shared by every tab (the key stays in this process's memory)."""
+    return RemoteEngine.connect(url, model or None, api_key or None)
+
+
+def model_source() -> str:
+    labels = {LOCAL: t("chat.source_local"), REMOTE: t("chat.source_remote")}
+    return st.radio(t("chat.source"), (LOCAL, REMOTE), format_func=labels.__getitem__, horizontal=True, key="source")
+
+
+def remote_sidebar() -> tuple[RemoteEngine | None, str | None]:
+    """The server picked in the sidebar, or the one-line reason there is none. The key is a password field: it
+    is kept in this session only, never in the URL, a saved chat or a log."""
+    url = st.text_input(
+        t("chat.remote_url"), os.environ.get(ENDPOINT_ENV, ""), placeholder=t("chat.remote_url_placeholder"),
+        help=t("chat.remote_url_help"), key="remote_url",
+    )  # fmt: skip
+    api_key = st.text_input(
+        t("chat.remote_key"), os.environ.get(API_KEY_ENV, ""), type="password", help=t("chat.remote_key_help"),
+        key="remote_key",
+    )  # fmt: skip
+    if not url.strip():
+        return None, None
+    try:
+        with st.spinner(t("chat.remote_connecting")):
+            server = remote_engine(url.strip(), api_key, "")
+        if server.models:
+            model = st.selectbox(t("chat.remote_model"), server.models, key="remote_model")
+        else:  # a server that lists no models still serves the one it is asked for
+            model = st.text_input(t("chat.remote_model_typed"), key="remote_model_typed").strip()
+            if not model:
+                return None, t("chat.remote_no_models")
+        return (server if model == server.model else remote_engine(url.strip(), api_key, model)), None
+    except OvchatError as error:
+        return None, str(error)
+
+
 def model_sidebar() -> tuple[Path | None, str, str]:
-    st.header(t("chat.model"))
     folders = sorted(str(path) for path in models_dir().glob("*") if is_complete(path))
     default = str(default_model_folder())
     configured = os.environ.get(MODEL_ENV)
@@ -431,7 +471,7 @@ def chat_actions(chat_id: int) -> None:
     )
 
 
-def show_streaming_reply(engine: Engine, chat_id: int, settings: GenerationSettings) -> None:
+def show_streaming_reply(engine: StreamingEngine, chat_id: int, settings: GenerationSettings) -> None:
     saved = threading.Event()
     st.session_state.reply_saved = saved
     with st.chat_message("assistant"):
@@ -466,28 +506,48 @@ def main() -> None:
         language_picker()
         view = lab.view_picker()
         chats_sidebar(chat_id)
-        folder, device, backend = model_sidebar()
+        st.header(t("chat.model"))
+        source = model_source()
+        if source == REMOTE:
+            server, problem = remote_sidebar()
+        else:
+            folder, device, backend = model_sidebar()
     # Pinned to the bottom wherever it is called; its send button is Streamlit's own. The lab's views have none.
     prompt = st.chat_input(t("chat.ask"), key="prompt") if view == lab.CHAT_VIEW else None
     st.title(t("chat.page_title"))
-    if folder is None:
-        st.info(t("chat.no_folder"))
-        show_history(chat_id)
-        return
-    try:
-        if not os.environ.get(MODEL_ENV) and folder == default_model_folder():
-            ensure_default_model(first_run_export)
-        with st.spinner(t("chat.loading")):  # shown only if loading takes more than half a second
-            engine = shared_engine(str(folder), device, backend)
-    except OvchatError as error:
-        st.error(t("chat.load_failed", detail=str(error)))
-        st.info(t("chat.load_failed_hint"))
-        show_history(chat_id)
-        return
+    engine: StreamingEngine
+    if source == REMOTE:
+        if server is None:
+            if problem:
+                st.error(t("chat.remote_failed", detail=problem))
+            else:
+                st.info(t("chat.remote_no_url"))
+            show_history(chat_id)
+            return
+        engine = server
+        model_line = t("chat.remote_line", model=server.model, url=server.url, context=server.context_length)
+    else:
+        if folder is None:
+            st.info(t("chat.no_folder"))
+            show_history(chat_id)
+            return
+        try:
+            if not os.environ.get(MODEL_ENV) and folder == default_model_folder():
+                ensure_default_model(first_run_export)
+            with st.spinner(t("chat.loading")):  # shown only if loading takes more than half a second
+                engine = shared_engine(str(folder), device, backend)
+        except OvchatError as error:
+            st.error(t("chat.load_failed", detail=str(error)))
+            st.info(t("chat.load_failed_hint"))
+            show_history(chat_id)
+            return
+        model_line = t("chat.model_line", folder=folder.name, device=engine.device, context=engine.context_length)
     with st.sidebar:
         settings = sampling_sidebar(engine.context_length)
     system_prompt_sidebar(chat_id)
-    st.caption(t("chat.model_line", folder=folder.name, device=engine.device, context=engine.context_length))
+    st.caption(model_line)
+    if source == REMOTE and server is not None and server.ignored:
+        st.caption(t("chat.remote_ignored", names=", ".join(sorted(server.ignored))))
     if view != lab.CHAT_VIEW:
         lab.draw_view(view, engine, store().get(chat_id).chat_messages() if chat_id is not None else [], settings)
         return

@@ -6,14 +6,12 @@ the runs and the exports are in ovchat.lab; the texts in ovchat/i18n/lab.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from ovchat.chats import reply_logprobs
-from ovchat.engine import Engine
+from ovchat.engine import Engine, StreamingEngine
 from ovchat.errors import OvchatError
 from ovchat.i18n import DEFAULT_LANGUAGE, translate
 from ovchat.lab import presets
@@ -228,7 +226,7 @@ def explorer_view(engine: Engine, messages: list[Message], settings: GenerationS
 # ----- compare settings -----
 
 
-def compare_view(engine: Engine, messages: list[Message], settings: GenerationSettings) -> None:
+def compare_view(engine: StreamingEngine, messages: list[Message], settings: GenerationSettings) -> None:
     st.subheader(t("lab.compare_title"))
     st.caption(t("lab.compare_intro"))
     last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
@@ -335,9 +333,12 @@ def show_comparison(comparison: Comparison) -> None:
                     st.caption(t("lab.compare_seed", seed=each.seed, tokens=each.new_tokens, finish=each.finish_reason))
 
 
-def draw_view(view: str, engine: Engine, messages: list[Message], settings: GenerationSettings) -> None:
-    views: dict[str, Callable[[Engine, list[Message], GenerationSettings], None]] = {
-        EXPLORE_VIEW: explorer_view,
-        COMPARE_VIEW: compare_view,
-    }
-    views[view](engine, messages, settings)
+def draw_view(view: str, engine: StreamingEngine, messages: list[Message], settings: GenerationSettings) -> None:
+    if view == EXPLORE_VIEW:
+        if not isinstance(engine, Engine):  # a remote server gives no logits
+            st.subheader(t("lab.explore_title"))
+            st.info(t("lab.explore_needs_local"))
+            return
+        explorer_view(engine, messages, settings)
+    else:
+        compare_view(engine, messages, settings)

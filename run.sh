@@ -114,9 +114,9 @@ case "$command" in
         fi
         for extra in "$@"; do
             case "$extra" in
-                export | test | bench) ;;
+                export | test | bench | ray) ;;
                 *)
-                    echo "run.sh: error: unknown extra '$extra' (use: export, test or bench)" >&2
+                    echo "run.sh: error: unknown extra '$extra' (use: export, test, bench or ray)" >&2
                     exit 2
                     ;;
             esac

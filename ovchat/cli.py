@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 from ovchat.errors import OvchatError, first_line
 
 if TYPE_CHECKING:
-    from ovchat.engine import Decoding, Engine
+    from ovchat.engine import Decoding, Engine, StreamingEngine
     from ovchat.engine.streaming import TokenLogprob
     from ovchat.export import ExportOptions
     from ovchat.settings import GenerationSettings
@@ -103,6 +103,22 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code to run"
     )
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    ovms = parser.add_argument_group("OpenVINO Model Server")
+    ovms.add_argument(
+        "--ovms",
+        action="store_true",
+        help="also write graph.pbtxt into the folder and its entry into OVMS's config.json, so OpenVINO Model "
+        "Server serves it with continuous batching; given an IR folder, or an output folder already exported "
+        "(without --force), only writes these",
+    )
+    ovms.add_argument("--ovms-name", metavar="NAME", help="the model's name in OVMS (default: the folder's name)")
+    ovms.add_argument(
+        "--ovms-config",
+        type=Path,
+        metavar="PATH",
+        help="the OVMS config.json to add the model to, kept with its other entries "
+        "(default: config.json in the folder that holds the export)",
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -115,7 +131,25 @@ def run_export(args: argparse.Namespace) -> int:
         sym=args.sym,
         trust_remote_code=args.trust_remote_code,
     )
-    print(export_with_progress(args.source, args.output, options, args.force, args.verbose))
+    if not args.ovms:
+        if args.ovms_name is not None or args.ovms_config is not None:
+            raise OvchatError("--ovms-name and --ovms-config apply only with --ovms")
+        print(export_with_progress(args.source, args.output, options, args.force, args.verbose))
+        return 0
+    from ovchat.export.ovms import plan_ovms, write_ovms_files
+
+    ovms = plan_ovms(
+        args.source, args.output, options, force=args.force, name=args.ovms_name, config_path=args.ovms_config
+    )
+    if ovms.existing is not None:
+        print(f"{ovms.existing} is already exported; writing only the OVMS files", file=sys.stderr)
+        folder = ovms.existing
+    else:
+        folder = export_with_progress(args.source, args.output, options, args.force, args.verbose)
+    files = write_ovms_files(folder, ovms.name, ovms.config_path, ovms.graph)
+    print(files.summary(), file=sys.stderr)
+    print(f"Serve it: {files.serve_command()}", file=sys.stderr)
+    print(folder)
     return 0
 
 
@@ -272,7 +306,42 @@ def decoding_from_args(args: argparse.Namespace) -> Decoding:
     return decoding_from_options(args.decoding, args.draft_model, args.assistant_tokens, args.ngram_size)
 
 
-def engine_from_args(args: argparse.Namespace) -> Engine:
+def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    from ovchat.engine.remote import API_KEY_ENV, ENDPOINT_ENV
+
+    group = parser.add_argument_group("a remote server (any OpenAI-compatible one) instead of a local model")
+    group.add_argument(
+        "--endpoint", metavar="URL",
+        help=f"its OpenAI base URL, e.g. http://host:8000/v1 (default: ${ENDPOINT_ENV})",
+    )  # fmt: skip
+    group.add_argument("--api-model", metavar="NAME", help="the model to use (default: the first the server lists)")
+    group.add_argument("--api-key", metavar="KEY", help=f"its API key (default: ${API_KEY_ENV}); never saved")
+    group.add_argument(
+        "--context-length", type=int, metavar="N",
+        help="the model's context in tokens, when the server does not say it (default: 4096)",
+    )  # fmt: skip
+
+
+def engine_from_args(args: argparse.Namespace) -> StreamingEngine:
+    from rich.console import Console
+
+    from ovchat.engine.remote import API_KEY_ENV, ENDPOINT_ENV, RemoteEngine
+
+    # Only the commands with --endpoint take a server (ovchat explore needs the model's logits).
+    endpoint = (args.endpoint or os.environ.get(ENDPOINT_ENV)) if hasattr(args, "endpoint") else None
+    if endpoint:
+        local_only = [flag for flag, value in (("--model", args.model), ("--decoding", args.decoding),
+                      ("--draft-model", args.draft_model)) if value]  # fmt: skip
+        if local_only:
+            raise OvchatError(f"{', '.join(local_only)} applies to a local model, not to --endpoint {endpoint}")
+        with Console(stderr=True).status(f"Connecting to {endpoint} ..."):
+            return RemoteEngine.connect(
+                endpoint, args.api_model, args.api_key or os.environ.get(API_KEY_ENV), args.context_length
+            )
+    return local_engine_from_args(args)
+
+
+def local_engine_from_args(args: argparse.Namespace) -> Engine:
     from rich.console import Console
 
     from ovchat.engine import Engine
@@ -352,7 +421,7 @@ def run_explore(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.rows < 1:
         raise OvchatError("--rows must be at least 1")
-    engine = engine_from_args(args)
+    engine = local_engine_from_args(args)
     found = explore(engine, prefix_ids(engine, text, args.chat), settings, rows=args.rows)
     if args.json:
         print(json.dumps(found.to_dict(), ensure_ascii=False))
@@ -390,6 +459,17 @@ def run_serve(args: argparse.Namespace) -> int:
     options = command.engine_options(args)
     decoding = decoding_from_args(args)
     folder = args.model if args.model is not None else default_model(args.verbose)
+    if args.ray:
+        from ovchat.engine.backends import DEFAULT_MAX_NUM_SEQS
+        from ovchat.server import ray_serve
+
+        if decoding.guesses:
+            raise OvchatError("--ray serves plain decoding; drop --decoding and --draft-model")
+        plan = ray_serve.replica_plan(args, folder, options)
+        return ray_serve.run(args, plan, batch=args.parallel or DEFAULT_MAX_NUM_SEQS)
+    ray_only = [flag for flag in ("replicas", "max_replicas", "ray_address") if getattr(args, flag) is not None]
+    if ray_only:
+        raise OvchatError(f"--{ray_only[0].replace('_', '-')} applies with --ray only")
 
     def load() -> Engine:
         return Engine.load(
@@ -426,12 +506,14 @@ def build_parser() -> OneLineArgumentParser:
     chat = command("chat", run_chat, "chat in the terminal")
     add_model_arguments(chat)
     add_sampling_arguments(chat)
+    add_endpoint_arguments(chat)
     chat.add_argument("-i", "--input", type=Path, help="continue a chat saved as JSON")
     chat.add_argument("-o", "--output", type=Path, help="save the chat here after each reply and on exit")
     ask = command("ask", run_ask, "print one reply to a prompt")
     ask.add_argument("prompt", nargs="?", help="the prompt; - or nothing reads it from stdin")
     add_model_arguments(ask)
     add_sampling_arguments(ask)
+    add_endpoint_arguments(ask)
     ask.add_argument("--json", action="store_true", help="print one JSON object with the text and the metrics")
     ask.add_argument(
         "--logprobs", type=int, metavar="N",

@@ -32,3 +32,16 @@ def require_export_extra(purpose: str) -> None:
             f"{', '.join(missing)} not installed): run `{INSTALL_EXPORT_EXTRA}` in the ovchat folder, "
             f"or pip install 'ovchat[{EXPORT_EXTRA}]'"
         )
+
+
+RAY_EXTRA = "ray"
+INSTALL_RAY_EXTRA = f"./run.sh setup {RAY_EXTRA}"
+
+
+def require_ray_extra() -> None:
+    """Raise one line naming the install command unless Ray Serve is installed (``ovchat serve --ray``)."""
+    if find_spec("ray") is None or find_spec("ray.serve") is None:
+        raise OvchatError(
+            f"ovchat serve --ray needs the '{RAY_EXTRA}' extra (ray[serve]): run `{INSTALL_RAY_EXTRA}` in the "
+            f"ovchat folder, or pip install 'ovchat[{RAY_EXTRA}]'"
+        )

@@ -7,7 +7,7 @@ tokenizer's own one when it has it, else one of the named fallbacks below.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
 
@@ -151,7 +151,7 @@ def render_prompt(tokenizer: PromptTokenizer, messages: list[Message], template:
 @dataclass(frozen=True)
 class FittedPrompt:
     messages: list[Message]
-    token_ids: list[int]
+    token_ids: Sequence[int]  # a remote model's is only as long as its estimate (engine/remote.py)
     trimmed_turns: int
 
 
@@ -171,7 +171,7 @@ def split_turns(messages: list[Message]) -> tuple[list[Message], list[list[Messa
 
 def fit_to_context(
     messages: list[Message],
-    encode: Callable[[list[Message]], list[int]],
+    encode: Callable[[list[Message]], Sequence[int]],
     context_length: int,
     max_new_tokens: int,
 ) -> FittedPrompt:

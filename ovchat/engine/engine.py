@@ -191,7 +191,8 @@ class Engine:
         """
         settings = settings or GenerationSettings()
         fitted = self.fit(messages, settings)
-        yield from self._stream_ids(fitted.token_ids, settings, cancel, self.template.stop, fitted.trimmed_turns)
+        token_ids = list(fitted.token_ids)
+        yield from self._stream_ids(token_ids, settings, cancel, self.template.stop, fitted.trimmed_turns)
 
     def complete(
         self, prompt: str, settings: GenerationSettings | None = None, cancel: threading.Event | None = None

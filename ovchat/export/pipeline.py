@@ -295,7 +295,10 @@ def plan_export(
     """Check what can be checked in seconds (source, GGUF header, output) before the slow work."""
     resolved = source if isinstance(source, ModelSource) else resolve_source(source)
     if resolved.kind is SourceKind.IR:
-        raise OvchatError(f"{resolved.location} is already an OpenVINO IR folder; nothing to export")
+        raise OvchatError(
+            f"{resolved.location} is already an OpenVINO IR folder; nothing to export "
+            "(--ovms only adds the files OpenVINO Model Server needs)"
+        )
     options = options.for_source(is_gguf=resolved.kind is SourceKind.GGUF)
     gguf = None
     if options.keeps_gguf_blocks and resolved.kind is not SourceKind.GGUF:

@@ -94,6 +94,25 @@ MESSAGES: dict[str, dict[str, str]] = {
         "chat.stop": "⏹ Stop",
         "chat.reply_failed": "The reply failed: {detail}",
         # the line under a reply (as ovchat.chats.describe_reply writes it in English)
+        # a remote server
+        "chat.source": "Runs on",
+        "chat.source_local": "Local model",
+        "chat.source_remote": "Remote server (OpenAI-compatible)",
+        "chat.remote_url": "Server URL",
+        "chat.remote_url_help": "The server's OpenAI base URL, ending in /v1 for most servers (ovchat serve, "
+        "llama.cpp, vLLM, Ollama) and /v3 for OpenVINO Model Server.",
+        "chat.remote_url_placeholder": "http://127.0.0.1:8000/v1",
+        "chat.remote_key": "API key",
+        "chat.remote_key_help": "Sent to the server only; never saved with a chat, in a log or in the URL. "
+        "Leave empty for a server without keys.",
+        "chat.remote_connecting": "Connecting to the server...",
+        "chat.remote_model": "Model on the server",
+        "chat.remote_model_typed": "Model name (the server lists none)",
+        "chat.remote_no_models": "The server lists no models: type the name of one.",
+        "chat.remote_failed": "Could not use the server: {detail}",
+        "chat.remote_no_url": "Type the address of an OpenAI-compatible server in the sidebar.",
+        "chat.remote_line": "`{model}` on {url} · context {context} tokens",
+        "chat.remote_ignored": "This server refused these settings, so they are not sent: {names}.",
     },
     "zh-CN": {
         # the page
@@ -181,5 +200,22 @@ MESSAGES: dict[str, dict[str, str]] = {
         "chat.stop": "⏹ 停止",
         "chat.reply_failed": "回复失败：{detail}",
         # the line under a reply
+        "chat.source": "模型运行在",
+        "chat.source_local": "本地模型",
+        "chat.source_remote": "远程服务器（OpenAI 兼容）",
+        "chat.remote_url": "服务器地址",
+        "chat.remote_url_help": "服务器的 OpenAI 基础地址：大多数服务器（ovchat serve、llama.cpp、vLLM、Ollama）"
+        "以 /v1 结尾，OpenVINO Model Server 以 /v3 结尾。",
+        "chat.remote_url_placeholder": "http://127.0.0.1:8000/v1",
+        "chat.remote_key": "API 密钥",
+        "chat.remote_key_help": "只发送给服务器，不会保存到对话、日志或网址中。服务器不需要密钥时留空。",
+        "chat.remote_connecting": "正在连接服务器……",
+        "chat.remote_model": "服务器上的模型",
+        "chat.remote_model_typed": "模型名称（服务器没有列出模型）",
+        "chat.remote_no_models": "服务器没有列出模型：请输入一个模型名称。",
+        "chat.remote_failed": "无法使用该服务器：{detail}",
+        "chat.remote_no_url": "请在侧边栏输入一个 OpenAI 兼容服务器的地址。",
+        "chat.remote_line": "`{model}` · {url} · 上下文 {context} 个词元",
+        "chat.remote_ignored": "该服务器拒绝了以下设置，因此不再发送：{names}。",
     },
 }

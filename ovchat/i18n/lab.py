@@ -34,6 +34,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "lab.preset_failed": "Could not save the preset: {detail}",
         # the explorer
         "lab.explore_title": "🔎 Next-token explorer",
+        "lab.explore_needs_local": "The explorer reads the model's own next-token logits, which a remote server "
+        "does not give: pick a local model in the sidebar.",
         "lab.explore_intro": "The model's likeliest next tokens, before and after the sampling settings in the "
         "sidebar. Take a token to append it and look at the next one.",
         "lab.explore_source": "Continue",
@@ -118,6 +120,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "lab.preset_saved": "已保存预设 {name}。",
         "lab.preset_failed": "无法保存预设：{detail}",
         "lab.explore_title": "🔎 下一个词元探索器",
+        "lab.explore_needs_local": "探索器需要读取模型自己的下一个词元 logits，远程服务器不提供："
+        "请在侧边栏选择本地模型。",
         "lab.explore_intro": "模型认为最可能的下一个词元，以及侧边栏的采样设置生效前后的变化。选取一个词元即可把它接到"
         "文本后面，继续看下一个。",
         "lab.explore_source": "续写",

@@ -16,9 +16,10 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from ovchat.engine.streaming import Reply
+from ovchat.engine.engine import StreamingEngine
+from ovchat.engine.streaming import Reply, collect
 from ovchat.errors import OvchatError
 from ovchat.prompt import Message
 from ovchat.settings import GenerationSettings
@@ -167,14 +168,6 @@ def sample_from_reply(setting: str, seed: int, reply: Reply) -> Sample:
     )
 
 
-class GeneratingEngine(Protocol):
-    """What a comparison needs of an engine: :meth:`~ovchat.engine.Engine.generate`."""
-
-    def generate(
-        self, messages: list[Message], settings: GenerationSettings | None = None, cancel: threading.Event | None = None
-    ) -> Reply: ...
-
-
 def check_plan(settings: dict[str, GenerationSettings], samples: int) -> None:
     if not MIN_SETTINGS <= len(settings) <= MAX_SETTINGS:
         raise OvchatError(f"compare {MIN_SETTINGS} to {MAX_SETTINGS} settings, not {len(settings)}")
@@ -183,7 +176,7 @@ def check_plan(settings: dict[str, GenerationSettings], samples: int) -> None:
 
 
 def compare(
-    engine: GeneratingEngine,
+    engine: StreamingEngine,
     messages: list[Message],
     settings: dict[str, GenerationSettings],
     samples: int,
@@ -201,7 +194,7 @@ def compare(
         for name, setting in settings.items():
             if cancel is not None and cancel.is_set():
                 return comparison
-            reply = engine.generate(messages, setting.with_changes(seed=seed, logprobs=0), cancel)
+            reply = collect(engine.stream(messages, setting.with_changes(seed=seed, logprobs=0), cancel))
             sample = sample_from_reply(name, seed, reply)
             comparison.samples.append(sample)
             if on_sample is not None:

@@ -107,7 +107,10 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": state.model, "object": "model", "created": 0, "owned_by": "ovchat"}]}
+        entry: dict[str, Any] = {"id": state.model, "object": "model", "created": 0, "owned_by": "ovchat"}
+        if state.engine is not None:  # vLLM's name for it, which clients (and ovchat's remote engine) read
+            entry["max_model_len"] = state.engine.context_length
+        return {"object": "list", "data": [entry]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: api.ChatBody, request: Request) -> Response:

@@ -38,6 +38,19 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
         help="where the batched loop steps the model: its own process, or a thread of the server's "
         f"(default: {DEFAULT_BATCH_LOOP}; a thread keeps Python's lock during each step)",
     )
+    ray = serve.add_argument_group("scaling out on Ray Serve (the 'ray' extra)")
+    ray.add_argument("--ray", action="store_true", help="serve the same API as a Ray Serve deployment of replicas")
+    ray.add_argument("--replicas", type=int, metavar="N", help="--ray: replicas to keep running (default: 1)")
+    ray.add_argument(
+        "--max-replicas", type=int, metavar="N",
+        help="--ray: let Ray Serve's autoscaler add replicas up to N when each holds a full batch "
+        "(default: --replicas)",
+    )  # fmt: skip
+    ray.add_argument(
+        "--ray-address", metavar="ADDRESS",
+        help="--ray: join this Ray cluster (e.g. 10.0.0.5:6379, started with `ray start --head`) instead of starting "
+        "a local one",
+    )  # fmt: skip
     serve.add_argument(
         "--max-requests",
         type=int,
@@ -71,12 +84,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def run(args: argparse.Namespace, folder: Path, load: Callable[[], Engine]) -> int:
-    """Serve ``load()``'s engine on ``args.host``:``args.port`` until interrupted."""
-    import uvicorn
-
-    from ovchat.server.app import create_app
-
+def check_exposure(args: argparse.Namespace) -> str | None:
+    """The API key, after refusing an open server off this machine and flags out of range."""
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if not is_loopback(args.host) and api_key is None and not args.allow_no_key:
         raise OvchatError(
@@ -87,6 +96,16 @@ def run(args: argparse.Namespace, folder: Path, load: Callable[[], Engine]) -> i
         raise OvchatError(f"--port must be in 1-65535, not {args.port}")
     if args.max_requests < 1:
         raise OvchatError(f"--max-requests must be at least 1, not {args.max_requests}")
+    return api_key
+
+
+def run(args: argparse.Namespace, folder: Path, load: Callable[[], Engine]) -> int:
+    """Serve ``load()``'s engine on ``args.host``:``args.port`` until interrupted."""
+    import uvicorn
+
+    from ovchat.server.app import create_app
+
+    api_key = check_exposure(args)
     model = args.model_name or folder.name
     try:
         # Bound here, before the model loads, so a taken port is one clear line, not uvicorn's log.

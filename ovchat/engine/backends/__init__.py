@@ -113,6 +113,9 @@ DEFAULT_BACKEND = "batched"
 # (`ovchat serve --parallel N` sets {"max_num_seqs": N}). Defined here, not in the batched module,
 # so that reading flags does not import openvino-genai.
 BATCH_LOOP_OPTION = "batch_loop"
+# Replies that advance together. On 2 CPU cores each step's cost grows with the batch, so more
+# would slow every reply for little more throughput; a GPU or a larger CPU wants more.
+DEFAULT_MAX_NUM_SEQS = 8
 SCHEDULER_OPTION = "scheduler"
 BATCH_LOOPS: tuple[str, ...] = ("process", "thread")
 DEFAULT_BATCH_LOOP = "process"

@@ -26,15 +26,13 @@ from typing import Any
 
 import openvino_genai
 
+from ovchat.engine.backends import DEFAULT_MAX_NUM_SEQS
 from ovchat.engine.backends.genai import decoding_properties, generation_config, prompt_tensor
 from ovchat.engine.decoding import PLAIN_DECODING, Decoding
 from ovchat.errors import OvchatError, first_line
 from ovchat.model_folder import model_context_length, read_model_configs
 from ovchat.settings import GenerationSettings
 
-# Replies that advance together. On 2 CPU cores each step's cost grows with the batch, so more
-# would slow every reply for little more throughput; a GPU or a larger CPU wants more.
-DEFAULT_MAX_NUM_SEQS = 8
 # The KV cache may take at most this share of the memory available when the model loads.
 KV_CACHE_MEMORY_SHARE = 0.25
 # Tokens of context the cache is sized for per sequence, at most (a 128k-context model would

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,7 @@ class GenaiTokenizer:
         self.eos_token = self.special_tokens_map.get("eos_token")
         pad_id = int(tokenizer.get_pad_token_id())
         self.pad_token_id: int | None = pad_id if pad_id >= 0 else None
+        self._encoding = threading.Lock()
 
     @functools.cached_property
     def _vocab(self) -> dict[str, int]:
@@ -158,7 +160,11 @@ class GenaiTokenizer:
         return self._vocab.get(unk) if unk is not None else None
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
-        encoded = self.genai.encode(text, add_special_tokens=add_special_tokens)
+        # One encode at a time: in a Ray Serve replica, two threads encoding at once both stopped for good inside
+        # openvino-genai's encode (seen with py-spy, both idle there; the same requests never hung under plain
+        # uvicorn). Waiting here releases Python's lock; an encode takes a millisecond or two.
+        with self._encoding:
+            encoded = self.genai.encode(text, add_special_tokens=add_special_tokens)
         return {"input_ids": encoded.input_ids.data[0].tolist()}
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
