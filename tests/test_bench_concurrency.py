@@ -112,3 +112,13 @@ def test_the_concurrency_bench_runs_both_serve_loops_the_lock_and_the_engine(
     assert all(goal["met"] is None for name, goal in goals.items() if "4 clients" in name)  # 4 was not run
     assert "serve" in result.stdout and "aggregate tok/s" in result.stdout
     assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_ray_targets_serve_with_one_and_two_replicas(tmp_path: Path) -> None:
+    from ovchat.bench.concurrency import RAY_TARGETS, server_command
+
+    for target, replicas in RAY_TARGETS.items():
+        command, health = server_command(target, tmp_path, 8123, max_clients=4, threads=2)
+        assert command[1:4] == ["-m", "ovchat.cli", "serve"] and health == "/health"
+        assert command[command.index("--replicas") + 1] == str(replicas) and "--ray" in command
+        assert command[command.index("--parallel") + 1] == "4"

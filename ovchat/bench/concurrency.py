@@ -11,6 +11,9 @@ Each target is a server started on a loopback port and spoken to with the offici
   which answers one request at a time (it has no parallel slots);
 - ``llama-server``: llama.cpp's own C++ server with ``--parallel`` slots (continuous batching), where a
   ``llama-server`` binary is given (``--llama-server``, ``$OVCHAT_LLAMA_SERVER`` or on the PATH);
+- ``ray-1`` and ``ray-2``: ``ovchat serve --ray`` with one and with two replicas on a local Ray cluster of
+  its own (the ``ray`` extra), each replica one batched engine; on one machine its replicas share the
+  same cores, so two replicas measure Ray Serve's spreading, not more hardware;
 
 and ``in-process``: :meth:`Engine.stream` called from threads of this process, the reference for what
 HTTP costs. Rounds are interleaved (each level on each target in turn) so that a noisy moment hits
@@ -36,7 +39,8 @@ from ovchat.errors import OvchatError
 from ovchat.machine import machine_facts
 from ovchat.model_folder import source_gguf
 
-SERVER_TARGETS: tuple[str, ...] = ("serve", "serve-thread", "lock", "llamacpp", "llama-server")
+RAY_TARGETS = {"ray-1": 1, "ray-2": 2}  # replicas
+SERVER_TARGETS: tuple[str, ...] = ("serve", "serve-thread", "lock", "llamacpp", "llama-server", *RAY_TARGETS)
 SERVE_LOOPS = {"serve": "process", "serve-thread": "thread"}
 LLAMA_SERVER_ENV = "OVCHAT_LLAMA_SERVER"
 TARGETS: tuple[str, ...] = (*SERVER_TARGETS, "in-process")
@@ -198,6 +202,12 @@ def server_command(
         else:
             command += ["--parallel", str(max(max_clients, 1)), "--batch-loop", SERVE_LOOPS[target]]
         return command, "/health"
+    if target in RAY_TARGETS:
+        command = [
+            sys.executable, "-m", "ovchat.cli", "serve", "--model", str(ir), "--port", str(port), "--ray",
+            "--replicas", str(RAY_TARGETS[target]), "--parallel", str(max(max_clients, 1)),
+        ]  # fmt: skip
+        return command, "/health"
     gguf = gguf_of(ir)
     assert gguf is not None, "unavailable_targets() leaves out the llama.cpp targets without a GGUF"
     if target == "llama-server":
@@ -225,6 +235,13 @@ def unavailable_targets(ir: Path, wanted: Sequence[str], llama_server: Path | No
         notes["llama-server"] = (
             f"no llama-server binary: pass --llama-server PATH or set {LLAMA_SERVER_ENV} (README, Performance)"
         )
+    if any(target in RAY_TARGETS for target in wanted):
+        from importlib.util import find_spec
+
+        if find_spec("ray") is None:
+            for target in RAY_TARGETS:
+                if target in wanted:
+                    notes[target] = "ray[serve] is not installed (./run.sh setup ray)"
     if "llamacpp" in wanted:
         try:
             import llama_cpp.server  # noqa: F401
