@@ -40,14 +40,11 @@ class Sample:
     setting: str
     seed: int
     text: str
-    token_ids: tuple[int, ...]
+    token_ids: tuple[int, ...]  # empty when the engine gave no log-probabilities (a remote server may not)
     mean_logprob: float | None
     decode_tok_s: float | None
     finish_reason: str
-
-    @property
-    def new_tokens(self) -> int:
-        return len(self.token_ids)
+    new_tokens: int
 
 
 @dataclass(frozen=True)
@@ -147,7 +144,7 @@ def summarize(setting: str, samples: Sequence[Sample]) -> SettingSummary:
     return SettingSummary(
         setting=setting,
         samples=len(samples),
-        mean_length=sum(map(len, sequences)) / len(samples) if samples else 0.0,
+        mean_length=sum(sample.new_tokens for sample in samples) / len(samples) if samples else 0.0,
         distinct_1=distinct_n(sequences, 1),
         distinct_2=distinct_n(sequences, 2),
         mean_logprob=_mean([sample.mean_logprob for sample in samples]),
@@ -165,6 +162,7 @@ def sample_from_reply(setting: str, seed: int, reply: Reply) -> Sample:
         mean_logprob=sum(token.logprob for token in logprobs) / len(logprobs) if logprobs else None,
         decode_tok_s=reply.stats.decode_tok_s,
         finish_reason=reply.stats.finish_reason,
+        new_tokens=reply.stats.new_tokens,
     )
 
 
