@@ -8,12 +8,11 @@ so chats from other tools can be brought in.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ovchat.errors import OvchatError
+from ovchat.paths import write_text_atomically
 from ovchat.prompt import Message, check_message_list
 
 CHAT_FORMAT = "ovchat.chat"
@@ -71,12 +70,7 @@ def save_chat(path: Path, messages: list[Message], title: str | None = None, **e
     text = json.dumps(chat_to_dict(messages, title, **extra), ensure_ascii=False, indent=2) + "\n"
     path = path.expanduser()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
-        ) as handle:
-            handle.write(text)
-        os.replace(handle.name, path)
+        write_text_atomically(path, text)
     except OSError as error:
         raise OvchatError(f"cannot save the chat to {path}: {error.strerror or error}") from None
 

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ from ovchat import __version__
 from ovchat.errors import OvchatError
 from ovchat.export.options import ExportOptions
 from ovchat.model_folder import looks_like_ir, missing_files, read_model_configs
+from ovchat.paths import write_text_atomically
 
 OVMS_RELEASE = "2026.3"
 GRAPH_FILE = "graph.pbtxt"
@@ -369,16 +368,5 @@ def write_ovms_files(
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: a reader never sees half a file.
-    The file keeps its permissions, or gets 0644 (OVMS may run as another user)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """The file keeps its permissions, or gets 0644 (OVMS may run as another user)."""
+    write_text_atomically(path, text, mode=path.stat().st_mode & 0o777 if path.exists() else 0o644)

@@ -16,14 +16,11 @@ No Streamlit here: the pages call these functions.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
-from ovchat.paths import data_home
+from ovchat.paths import data_home, write_text_atomically
 
 LANGUAGES = {"en": "English", "zh-CN": "简体中文"}  # code -> its name in that language, as the picker shows it
 DEFAULT_LANGUAGE = "en"
@@ -102,18 +99,7 @@ def read_prefs() -> dict[str, object]:
 def write_prefs(**updates: object) -> None:
     """Save ``updates`` over the saved preferences: a temporary file in the same folder, then renamed
     into place, so a reader never sees half a file."""
-    path = prefs_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefs = {**read_prefs(), **updates}
-    handle, temporary = tempfile.mkstemp(prefix=f".{PREFS_FILE}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(prefs, file, ensure_ascii=False, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_text_atomically(prefs_path(), json.dumps({**read_prefs(), **updates}, ensure_ascii=False, indent=2))
 
 
 def remembered_language() -> str | None:

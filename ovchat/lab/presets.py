@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ovchat.errors import OvchatError
-from ovchat.paths import data_home
+from ovchat.paths import data_home, write_text_atomically
 from ovchat.settings import GenerationSettings
 
 PRESETS_FILE = "presets.json"
@@ -74,14 +72,4 @@ def delete_preset(name: str) -> None:
 
 
 def _write(saved: dict[str, dict[str, float | int]]) -> None:
-    """Write the whole file to a temporary one and rename it: a crash never leaves half a file."""
-    path = presets_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".presets-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(saved, file, ensure_ascii=False, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_text_atomically(presets_path(), json.dumps(saved, ensure_ascii=False, indent=2))
