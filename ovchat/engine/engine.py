@@ -36,10 +36,12 @@ STALL_TIMEOUT_S = 600.0
 
 
 class StreamingEngine(Protocol):
-    """What the terminal chat and the page need of an engine; tests pass scripted fakes."""
+    """What the terminal chat, the page and the lab's comparison need of an engine: :class:`Engine` and
+    :class:`~ovchat.engine.remote.RemoteEngine` both have it; tests pass scripted fakes."""
 
     path: Path
     device: str
+    context_length: int  # the page sizes its max-tokens slider by it
 
     def stream(
         self, messages: list[Message], settings: GenerationSettings | None = None, cancel: threading.Event | None = None
