@@ -248,7 +248,11 @@ def remote_engine(url: str, api_key: str, model: str) -> RemoteEngine:
 
 def model_source() -> str:
     labels = {LOCAL: t("chat.source_local"), REMOTE: t("chat.source_remote")}
-    return st.radio(t("chat.source"), (LOCAL, REMOTE), format_func=labels.__getitem__, horizontal=True, key="source")
+    # A page started with OVCHAT_ENDPOINT set opens on that server, as the terminal's commands do.
+    first = 1 if os.environ.get(ENDPOINT_ENV) else 0
+    return st.radio(
+        t("chat.source"), (LOCAL, REMOTE), index=first, format_func=labels.__getitem__, horizontal=True, key="source"
+    )
 
 
 def remote_sidebar() -> tuple[RemoteEngine | None, str | None]:

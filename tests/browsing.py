@@ -4,15 +4,21 @@ tests of the page (test_browser.py) and of the lean install (test_lean_install.p
 
 from __future__ import annotations
 
+import re
+import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from ovchat.server.process import ServerProcess, free_port
+
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
+ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 
@@ -67,3 +73,28 @@ def set_temperature_to_zero(page: Page, label: str = "Temperature") -> None:
     page.get_by_role("slider", name=label).press("Home", timeout=MODEL_LOAD_MS)  # shown once loaded
     slider = page.locator('[data-testid="stSlider"]').filter(has_text=label)
     slider.locator('[data-testid="stSliderThumbValue"]').filter(has_text="0.00").wait_for()
+
+
+def chat_page_server(folder: Path, env: Mapping[str, str]) -> ServerProcess:
+    """`streamlit run chat_streamlit.py` on a free loopback port with this environment, logging into folder;
+    use it as a context manager."""
+    port = free_port()
+    command = [
+        *(sys.executable, "-m", "streamlit", "run", "chat_streamlit.py"),
+        *("--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1"),
+        # No reruns or "source changed" banners if the page's file is edited during the run.
+        *("--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"),
+    ]
+    return ServerProcess(
+        "streamlit", command, port, folder, health_path="/_stcore/health", env=dict(env), cwd=ROOT,
+        start_timeout_s=SERVER_START_S,
+    )  # fmt: skip
+
+
+def stop_button(page: Page) -> Locator:
+    """The page's Stop button, not Streamlit's own: its status widget in the header can show a "Stop" button
+    while a script runs (it stays hidden with this project's config today), and a chat input with
+    submit_mode="stop" has a "Stop script" button that ends the script instead of the reply."""
+    return page.get_by_role("button", name=re.compile("Stop")).and_(
+        page.locator(':not([data-testid="stHeader"] *):not([data-testid="stChatInputStopButton"])')
+    )

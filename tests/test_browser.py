@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -21,18 +20,18 @@ from browsing import (
     MESSAGE,
     MODEL_LOAD_MS,
     REPLY_MS,
-    SERVER_START_S,
+    chat_page_server,
     reply_text,
     send,
     set_temperature_to_zero,
+    stop_button,
     wait_for_text,
 )
 
 from ovchat.paths import HOME_ENV
-from ovchat.server.process import ServerProcess, free_port
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Locator, Page
+    from playwright.sync_api import Browser, Page
 
 pytestmark = pytest.mark.slow
 
@@ -54,19 +53,9 @@ def chat_server(default_model_home: Path, tmp_path_factory: pytest.TempPathFacto
     home.mkdir()
     (home / "models").symlink_to(default_model_home / "models", target_is_directory=True)
     env = {**os.environ, HOME_ENV: str(home)}
-    env.pop("OVCHAT_MODEL", None)
-    port = free_port()
-    command = [
-        *(sys.executable, "-m", "streamlit", "run", "chat_streamlit.py"),
-        *("--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1"),
-        # No reruns or "source changed" banners if the page's file is edited during the run.
-        *("--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"),
-    ]
-    server = ServerProcess(
-        "streamlit", command, port, folder, health_path="/_stcore/health", env=env, cwd=ROOT,
-        start_timeout_s=SERVER_START_S,
-    )  # fmt: skip
-    with server:
+    for name in ("OVCHAT_MODEL", "OVCHAT_ENDPOINT", "OVCHAT_API_KEY"):  # the local default model, whatever is set
+        env.pop(name, None)
+    with chat_page_server(folder, env) as server:
         yield server.url
 
 
@@ -115,15 +104,6 @@ def test_a_question_streams_an_answer_with_its_metrics(page: Page, tmp_path: Pat
         page.screenshot(path=str(path), full_page=True)
         data = path.read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 20_000, (path, len(data))
-
-
-def stop_button(page: Page) -> Locator:
-    """The page's Stop button, not Streamlit's own: its status widget in the header can show a "Stop" button
-    while a script runs (it stays hidden with this project's config today), and a chat input with
-    submit_mode="stop" has a "Stop script" button that ends the script instead of the reply."""
-    return page.get_by_role("button", name=re.compile("Stop")).and_(
-        page.locator(':not([data-testid="stHeader"] *):not([data-testid="stChatInputStopButton"])')
-    )
 
 
 def test_stop_keeps_the_partial_reply_marked_stopped(page: Page) -> None:

@@ -4,20 +4,27 @@ subprocess on a loopback port, and `ovchat ask --endpoint` as a user runs it."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from test_cli import ovchat
 from test_server import serve
 
 from ovchat.engine import collect
-from ovchat.engine.remote import RemoteEngine, context_length_of, estimate_tokens
+from ovchat.engine.remote import API_KEY_ENV, ENDPOINT_ENV, RemoteEngine, context_length_of, estimate_tokens
 from ovchat.errors import OvchatError
+from ovchat.paths import HOME_ENV
 from ovchat.server.process import ServerProcess, free_port
 from ovchat.settings import GenerationSettings
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 KEY = "remote-test-key"
 GREEDY = GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
@@ -197,3 +204,55 @@ def test_the_page_chats_with_a_remote_server(
     key_box.set_value("wrong").run()
     assert any("refused the API key (401)" in error.value for error in app.error), [e.value for e in app.error]
     st.cache_resource.clear()
+
+
+# ----- the page chatting with llama.cpp's server in a real browser -----
+
+
+@pytest.mark.slow
+def test_the_page_in_a_browser_chats_with_llama_cpp_server(
+    llama_server: ServerProcess, browser: Browser, tmp_path: Path
+) -> None:
+    """`OVCHAT_ENDPOINT=... streamlit run chat_streamlit.py` as README shows it, with an empty data folder (no
+    local model is exported or loaded): a question answered by llama.cpp's server, then a long reply stopped."""
+    from browsing import (
+        CAPTION,
+        CHAT_INPUT,
+        MODEL_LOAD_MS,
+        chat_page_server,
+        reply_text,
+        send,
+        set_temperature_to_zero,
+        stop_button,
+        wait_for_text,
+    )
+    from playwright.sync_api import expect
+
+    home = tmp_path / "home"
+    env = {**os.environ, HOME_ENV: str(home), ENDPOINT_ENV: f"{llama_server.url}/v1", API_KEY_ENV: KEY}
+    env.pop("OVCHAT_MODEL", None)
+    with chat_page_server(tmp_path, env) as page_server:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            page = context.new_page()
+            page.goto(page_server.url)
+            page.locator(CHAT_INPUT).wait_for(timeout=MODEL_LOAD_MS)
+            where = page.get_by_text(re.compile(f"smollm2 on {re.escape(llama_server.url)}/v1 · context \\d+ tokens"))
+            expect(where, "the page opened on the server named by OVCHAT_ENDPOINT").to_be_visible()
+            set_temperature_to_zero(page)
+            reply = send(page, "What is the capital of France?")
+            expect(reply.locator(CAPTION).filter(has_text="tok/s")).to_be_visible(timeout=60_000)
+            assert "Paris" in reply_text(reply), reply_text(reply)
+
+            story = send(page, "Write a very long story about a dragon who learns to cook.")
+            wait_for_text(story)
+            stop_button(page).click()
+            expect(story.locator(CAPTION).filter(has_text="stopped")).to_be_visible(timeout=20_000)
+            assert reply_text(story)
+            assert KEY not in page.url
+        finally:
+            context.close()
+    assert not (home / "models").exists(), "the page exported or loaded a local model while on a remote server"
+    saved = b"".join(path.read_bytes() for path in home.rglob("*") if path.is_file())
+    assert b"Paris" in saved, "the chat was not saved"
+    assert KEY.encode() not in saved, "the API key was written to the data folder"
