@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -27,6 +28,7 @@ import lab_streamlit as lab
 # t(key): a text of the catalog in the page's language, the language being st.session_state[LANGUAGE_KEY].
 from lab_streamlit import LANGUAGE_KEY, t
 from ovchat.chats import (
+    ChatChanged,
     ConversationStore,
     chat_to_dict,
     chat_to_markdown,
@@ -73,6 +75,13 @@ STEP_KEYS = {
     "check": "chat.step.check",
 }
 REPLY_SAVE_WAIT_S = 10.0  # stopping a reply takes one token and one write; this is a generous bound
+# Chat id -> the chat's revision as this tab last showed it, plus the changes this tab made since. A change
+# made on an older revision (the chat changed in another tab or window) is refused by the store.
+REVISIONS_KEY = "revisions"
+UNKNOWN_REVISION = -1  # a chat this tab has not shown: any conditional change to it is refused
+NOTICE_KEY = "chat_notice"  # a message for the next run, from a callback (callbacks run before the script)
+SIDEBAR_NOTICE_KEY = "sidebar_notice"  # the same, shown in the sidebar (a rename)
+RESTORE_PROMPT_KEY = "restore_prompt"  # a prompt that could not be sent, put back into the chat input
 
 st.set_page_config(page_title="ovchat", page_icon="💬")  # the first Streamlit call; "ovchat" is a name
 
@@ -146,7 +155,12 @@ def current_chat() -> int | None:
     if value is None or not value.isdigit():
         return None
     ids = {info.id for info in store().list()}
-    return int(value) if int(value) in ids else None
+    if int(value) in ids:
+        return int(value)
+    if revisions().pop(int(value), None) is not None:  # this tab showed it: say where it went
+        st.session_state[NOTICE_KEY] = t("chat.chat_gone", id=value)
+    open_chat(None)
+    return None
 
 
 def open_chat(conversation_id: int | None) -> None:
@@ -155,6 +169,49 @@ def open_chat(conversation_id: int | None) -> None:
     else:
         st.query_params["chat"] = str(conversation_id)
     st.session_state.pop("editing", None)
+
+
+def revisions() -> dict[int, int]:
+    return st.session_state.setdefault(REVISIONS_KEY, {})
+
+
+def count_own_change(chat_id: int) -> None:
+    """One change this tab made to the chat (each store write is one revision)."""
+    if chat_id in revisions():
+        revisions()[chat_id] += 1
+
+
+def change_chat(chat_id: int, write: Callable[[int], object], notice_key: str = NOTICE_KEY) -> bool:
+    """Run one write to the chat on condition that the chat is still as this tab showed it; whether it ran.
+
+    A refused or failed write changes nothing and leaves a message under ``notice_key`` for the page to show
+    (callbacks run before the script draws anything)."""
+    try:
+        write(revisions().get(chat_id, UNKNOWN_REVISION))
+    except ChatChanged:
+        st.session_state[notice_key] = t("chat.changed_elsewhere")
+        return False
+    except OvchatError as error:  # deleted elsewhere, a full disk, a read-only data folder, an empty title
+        st.session_state[notice_key] = t("chat.save_failed", detail=str(error))
+        return False
+    count_own_change(chat_id)
+    return True
+
+
+def follow_changes_elsewhere(chat_id: int | None) -> bool:
+    """Whether the chat changed in another tab or window since this tab showed it; if so, this tab's inputs
+    for it (a title, a system prompt, an edit being typed) are dropped, so the page shows the newer chat."""
+    if chat_id is None:
+        return False
+    current = store().get(chat_id).info.revision
+    shown = revisions().get(chat_id)
+    revisions()[chat_id] = current
+    if shown is None or shown == current:
+        return False
+    for key in (f"title_{chat_id}", f"system_{chat_id}", "editing", "edit_text", "confirm_delete"):
+        st.session_state.pop(key, None)
+    st.session_state.setdefault(NOTICE_KEY, t("chat.changed_elsewhere"))  # a callback's may say more
+    return True
 
 
 # ----- sidebar -----
@@ -177,8 +234,8 @@ def chats_sidebar(chat_id: int | None) -> None:
         )
     if chat_id is not None:
         manage_chat(chat_id)
-    if "sidebar_error" in st.session_state:  # from a callback, which runs before this script
-        st.error(t("chat.rename_failed", detail=st.session_state.pop("sidebar_error")))
+    if SIDEBAR_NOTICE_KEY in st.session_state:  # from a callback, which runs before this script
+        st.error(st.session_state.pop(SIDEBAR_NOTICE_KEY))
     import_chat()
 
 
@@ -210,16 +267,14 @@ def manage_chat(chat_id: int) -> None:
 
 
 def rename_chat(chat_id: int, title: str) -> None:
-    try:
-        store().rename(chat_id, title)
-    except OvchatError as error:
-        st.session_state.sidebar_error = str(error)  # shown with its lead by chats_sidebar
+    rename = lambda revision: store().rename(chat_id, title, expected_revision=revision)  # noqa: E731
+    change_chat(chat_id, rename, notice_key=SIDEBAR_NOTICE_KEY)  # shown next to the title box
 
 
 def delete_chat(chat_id: int) -> None:
-    store().delete(chat_id)
     st.session_state.pop("confirm_delete", None)
-    open_chat(None)
+    if change_chat(chat_id, lambda revision: store().delete(chat_id, expected_revision=revision)):
+        open_chat(None)
 
 
 def import_chat() -> None:
@@ -383,24 +438,29 @@ def sampling_sidebar(context_length: int) -> GenerationSettings:
     return settings
 
 
+def save_system_prompt(chat_id: int | None) -> None:
+    text = st.session_state[f"system_{chat_id}"]
+    if chat_id is None:
+        st.session_state.new_system = text
+    else:
+        change_chat(chat_id, lambda revision: store().set_system_prompt(chat_id, text, expected_revision=revision))
+
+
 def system_prompt_sidebar(chat_id: int | None) -> str:
-    """The open chat's system prompt; a new chat keeps it until its first message creates the chat."""
+    """The open chat's system prompt; a new chat keeps it until its first message creates the chat. Saved when
+    the user changes it here (a callback), never merely because this tab shows an older text."""
     saved = store().get(chat_id).system_prompt if chat_id is not None else st.session_state.get("new_system", "")
     with st.sidebar.expander(t("chat.system_prompt"), expanded=bool(saved)):
-        text = st.text_area(
+        return st.text_area(
             t("chat.system_prompt"),
             value=saved,
             key=f"system_{chat_id}",
             label_visibility="collapsed",
             placeholder=t("chat.system_prompt_placeholder"),
             help=t("chat.system_prompt_help"),
+            on_change=save_system_prompt,
+            args=(chat_id,),
         )
-    if text != saved:
-        if chat_id is None:
-            st.session_state.new_system = text
-        else:
-            store().set_system_prompt(chat_id, text)
-    return text
 
 
 # ----- the chat -----
@@ -440,7 +500,9 @@ def reply_line(meta: dict) -> str:
 def regenerate(chat_id: int) -> None:
     messages = store().get(chat_id).messages
     if messages and messages[-1].role == "assistant":
-        store().truncate(chat_id, len(messages) - 1)
+        cut = len(messages) - 1
+        if not change_chat(chat_id, lambda revision: store().truncate(chat_id, cut, expected_revision=revision)):
+            return
     st.session_state.generate = True
 
 
@@ -448,11 +510,14 @@ def resend_edit(chat_id: int) -> None:
     text = st.session_state.get("edit_text", "").strip()
     messages = store().get(chat_id).messages
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
-    if text and last_user is not None:
-        store().truncate(chat_id, last_user)
-        store().add_message(chat_id, "user", text)
-        st.session_state.generate = True
     st.session_state.pop("editing", None)
+    if not text or last_user is None:
+        return
+    if not change_chat(chat_id, lambda revision: store().truncate(chat_id, last_user, expected_revision=revision)):
+        st.session_state[NOTICE_KEY] += " " + t("chat.edit_kept", text=text)  # the edit is not lost
+        return
+    if change_chat(chat_id, lambda revision: store().add_message(chat_id, "user", text, expected_revision=revision)):
+        st.session_state.generate = True
 
 
 def chat_actions(chat_id: int) -> None:
@@ -482,10 +547,10 @@ def show_streaming_reply(engine: StreamingEngine, chat_id: int, settings: Genera
         # Any click, this one included, interrupts the running script; stream_into_store then
         # stops the engine and keeps the partial reply, marked stopped.
         st.button(t("chat.stop"), key="stop")
-        pieces = stream_into_store(engine, store(), chat_id, settings)
+        pieces = stream_into_store(engine, store(), chat_id, settings, on_saved=lambda: count_own_change(chat_id))
         try:
             st.write_stream(pieces)
-        except OvchatError as error:
+        except OvchatError as error:  # what was written stays on screen, and is saved unless the store failed
             st.error(t("chat.reply_failed", detail=str(error)))
             return
         finally:
@@ -502,10 +567,44 @@ def wait_for_the_last_reply() -> None:
         saved.wait(timeout=REPLY_SAVE_WAIT_S)
 
 
+def send_prompt(chat_id: int | None, prompt: str) -> int | None:
+    """Save the typed prompt as the chat's next message (a new chat for the first); the chat's id, or None
+    if it could not be saved, in which case the prompt goes back into the chat input and the page says why."""
+    try:
+        if chat_id is None:
+            chat_id = store().create(title_from(prompt), st.session_state.pop("new_system", ""))
+            revisions()[chat_id] = 0
+            open_chat(chat_id)
+        store().add_message(chat_id, "user", prompt, expected_revision=revisions().get(chat_id, UNKNOWN_REVISION))
+    except ChatChanged:
+        st.session_state[NOTICE_KEY] = t("chat.changed_elsewhere")
+    except OvchatError as error:
+        st.session_state[NOTICE_KEY] = t("chat.save_failed", detail=str(error))
+    else:
+        count_own_change(chat_id)
+        return chat_id
+    st.session_state[RESTORE_PROMPT_KEY] = prompt
+    st.rerun()  # the chat input can only be given its text back before it is drawn
+    return None
+
+
 def main() -> None:
+    draw_page()
+    st.session_state.pop(NOTICE_KEY, None)  # not reached when the run ends in a rerun: then the next one shows it
+
+
+def draw_page() -> None:
     wait_for_the_last_reply()
     choose_language()
+    if RESTORE_PROMPT_KEY in st.session_state:
+        st.session_state["prompt"] = st.session_state.pop(RESTORE_PROMPT_KEY)
+    try:
+        store()
+    except OvchatError as error:  # a data folder that cannot be created or read: nothing else can work
+        st.error(t("chat.store_failed", detail=str(error)))
+        st.stop()
     chat_id = current_chat()
+    changed_elsewhere = follow_changes_elsewhere(chat_id)
     with st.sidebar:
         language_picker()
         view = lab.view_picker()
@@ -519,6 +618,8 @@ def main() -> None:
     # Pinned to the bottom wherever it is called; its send button is Streamlit's own. The lab's views have none.
     prompt = st.chat_input(t("chat.ask"), key="prompt") if view == lab.CHAT_VIEW else None
     st.title(t("chat.page_title"))
+    if NOTICE_KEY in st.session_state:  # kept through reruns (a reply's end), dropped when a run completes
+        st.warning(st.session_state[NOTICE_KEY])
     engine: StreamingEngine
     if source == REMOTE:
         if server is None:
@@ -557,10 +658,10 @@ def main() -> None:
         return
 
     if prompt:
-        if chat_id is None:
-            chat_id = store().create(title_from(prompt), st.session_state.pop("new_system", ""))
-            open_chat(chat_id)
-        store().add_message(chat_id, "user", prompt)
+        if changed_elsewhere:  # typed on the older chat: shown again with the newer chat, not sent
+            st.session_state[RESTORE_PROMPT_KEY] = prompt
+            st.rerun()
+        chat_id = send_prompt(chat_id, prompt)
         st.session_state.generate = True
     show_history(chat_id)
     if chat_id is not None and st.session_state.pop("generate", False):

@@ -75,10 +75,10 @@ def set_temperature_to_zero(page: Page, label: str = "Temperature") -> None:
     slider.locator('[data-testid="stSliderThumbValue"]').filter(has_text="0.00").wait_for()
 
 
-def chat_page_server(folder: Path, env: Mapping[str, str]) -> ServerProcess:
-    """`streamlit run chat_streamlit.py` on a free loopback port with this environment, logging into folder;
-    use it as a context manager."""
-    port = free_port()
+def chat_page_server(folder: Path, env: Mapping[str, str], port: int | None = None) -> ServerProcess:
+    """`streamlit run chat_streamlit.py` on a loopback port (a free one unless given) with this environment,
+    logging into folder; use it as a context manager."""
+    port = port or free_port()
     command = [
         *(sys.executable, "-m", "streamlit", "run", "chat_streamlit.py"),
         *("--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1"),

@@ -197,7 +197,7 @@ def test_rename_and_delete_a_chat(fake_engine: FakeEngine) -> None:
     send(app, "hello")
     title = app.sidebar.text_input(key=f"title_{app.query_params['chat']}")
     title.set_value("   ").run()
-    assert app.sidebar.error[0].value == "a chat's title cannot be empty"
+    assert app.sidebar.error[0].value == "Not saved: a chat's title cannot be empty"
     assert [c.title for c in ConversationStore().list()] == ["hello"]
     title.set_value("Greetings").run()
     assert [c.title for c in ConversationStore().list()] == ["Greetings"]

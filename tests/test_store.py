@@ -61,7 +61,7 @@ def test_default_store_lives_in_ovchat_home_and_uses_wal(isolated_data_home: Pat
     assert store.path.is_file()
     with raw(store.path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert user_version(store.path) == SCHEMA_VERSION == len(MIGRATIONS) == 2
+    assert user_version(store.path) == SCHEMA_VERSION == len(MIGRATIONS) == 3
 
 
 def test_create_get_and_list_newest_changed_first(store: ConversationStore) -> None:
@@ -343,7 +343,7 @@ def test_a_v1_database_is_migrated_and_its_chats_stay_usable(tmp_path: Path) -> 
     store = ConversationStore(path)
     assert user_version(path) == SCHEMA_VERSION
     assert "meta" in message_columns(path)
-    assert store.list() == [ConversationInfo(7, "Old chat", 1000.0, 2000.0, 2)]
+    assert store.list() == [ConversationInfo(7, "Old chat", 1000.0, 2000.0, 2, 0)]  # revision 0 from v3
     old = store.get(7)
     assert old.chat_messages() == [
         {"role": "system", "content": "Be kind."},

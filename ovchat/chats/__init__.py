@@ -3,9 +3,10 @@ streamed reply into the store."""
 
 from ovchat.chats.files import chat_to_dict, chat_to_markdown, load_chat, parse_chat, save_chat
 from ovchat.chats.recording import describe_reply, reply_logprobs, reply_meta, stream_into_store
-from ovchat.chats.store import Conversation, ConversationInfo, ConversationStore, StoredMessage
+from ovchat.chats.store import ChatChanged, Conversation, ConversationInfo, ConversationStore, StoredMessage
 
 __all__ = [
+    "ChatChanged",
     "Conversation",
     "ConversationInfo",
     "ConversationStore",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ovchat.chats.store import ConversationStore
 from ovchat.engine import ReplyStats, StreamingEngine
 from ovchat.engine.streaming import TokenLogprob
+from ovchat.errors import OvchatError
 from ovchat.i18n import translate
 from ovchat.settings import GenerationSettings
 
@@ -46,10 +47,16 @@ def reply_logprobs(meta: dict[str, Any]) -> tuple[TokenLogprob, ...] | None:
 
 
 def describe_reply(meta: dict[str, Any], language: str = "en") -> str:
-    """The line under a reply on the page: its stats, and "stopped" for a reply the user stopped."""
+    """The line under a reply on the page: its stats, and "stopped" for a reply the user stopped; for a
+    reply cut short by an error, the error; for one saved while it streamed and never finished (its page
+    process was killed, or it is still being written in another tab), that it is unfinished."""
     stats = ReplyStats.from_dict(meta)
     stopped = bool(meta.get("stopped"))
+    if isinstance(meta.get("error"), str):
+        return translate(language, "reply.failed", error=meta["error"])
     if stats is None:
+        if meta.get("streaming"):
+            return translate(language, "reply.unfinished")
         return translate(language, "reply.finish.stopped") if stopped else ""
     return stats.describe(finish_label="stopped" if stopped else None, language=language)
 
@@ -60,11 +67,15 @@ def stream_into_store(
     conversation_id: int,
     settings: GenerationSettings,
     cancel: threading.Event | None = None,
+    on_saved: Callable[[], None] = lambda: None,
 ) -> Iterator[str]:
     """Yield the reply's text pieces while saving the reply in the conversation.
 
     Closing this generator (or an exception in its consumer) stops generation and keeps
     the partial reply, marked stopped. A reply stopped before any text leaves no message.
+    An engine error (a remote server that went away, say) keeps the partial reply too, marked with the
+    error. ``on_saved`` is called after each write to the store, so a page can count its own changes
+    to the chat (each is one revision).
     """
     messages = store.get(conversation_id).chat_messages()
     stream = engine.stream(messages, settings, cancel)
@@ -73,6 +84,7 @@ def stream_into_store(
     logprobs: tuple[TokenLogprob, ...] | None = None
     message_id: int | None = None
     saved_at = 0.0
+    error: str | None = None
     try:
         for chunk in stream:
             if chunk.stats is not None:
@@ -83,13 +95,21 @@ def stream_into_store(
             if message_id is None:
                 message_id = store.add_message(conversation_id, "assistant", "".join(parts), {"streaming": True})
                 saved_at = now
+                on_saved()
             elif now - saved_at >= SAVE_EVERY_S:
                 store.update_message(message_id, "".join(parts), {"streaming": True})
                 saved_at = now
+                on_saved()
             yield chunk.text
+    except OvchatError as failure:
+        error = str(failure)
+        raise
     finally:
         stream.close()  # ends the engine's worker at once when the consumer left early
+        meta = reply_meta(stats, logprobs) if error is None else {"finish_reason": "error", "error": error}
         if message_id is not None:
-            store.update_message(message_id, "".join(parts), reply_meta(stats, logprobs))
+            store.update_message(message_id, "".join(parts), meta)
+            on_saved()
         elif stats is not None:  # a finished reply with no text is still a turn, with its metrics
-            store.add_message(conversation_id, "assistant", "", reply_meta(stats, logprobs))
+            store.add_message(conversation_id, "assistant", "", meta)
+            on_saved()

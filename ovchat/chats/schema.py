@@ -38,6 +38,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN meta TEXT NOT NULL DEFAULT '{}';
     """,
+    # v3: a chat's revision, one more with every change, so that a tab acting on an older view of a chat
+    # (changed or cut in another tab meanwhile) is refused instead of erasing the newer history.
+    """
+    ALTER TABLE conversations ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

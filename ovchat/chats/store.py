@@ -12,9 +12,13 @@ in one transaction when a store opens.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
+import os
+import shutil
 import sqlite3
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ from ovchat.prompt import Message, check_message_list
 STORE_FILE = "chats.sqlite3"
 DEFAULT_TITLE = "New chat"
 BUSY_TIMEOUT_S = 10.0
+LOW_DISK_BYTES = 1 << 20  # below this much free space, a failed write is reported as a full disk
 
 MessageRole = Literal["user", "assistant"]
 MESSAGE_ROLES: tuple[str, ...] = ("user", "assistant")
@@ -52,15 +57,22 @@ _ENVIRONMENT_ERRORS = (
 _TICK_S = 0.001
 
 
+class ChatChanged(OvchatError):
+    """A change asked for on an older view of a chat: another tab changed it since. Nothing was written."""
+
+
 @dataclass(frozen=True)
 class ConversationInfo:
-    """A chat as the sidebar lists it. Times are Unix seconds (UTC)."""
+    """A chat as the sidebar lists it. Times are Unix seconds (UTC). ``revision`` grows by one with each
+    change to the chat (each call that writes it), so a caller that knows the revision it showed and
+    counts its own writes can tell whether anyone else changed the chat since."""
 
     id: int
     title: str
     created_at: float
     updated_at: float
     message_count: int
+    revision: int
 
 
 @dataclass(frozen=True)
@@ -110,14 +122,37 @@ class ConversationStore:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else data_home() / STORE_FILE
+        self._keeper: weakref.finalize | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise OvchatError(f"cannot create the folder for the chat store {self.path}: {error.strerror}") from None
-        with self._sqlite_errors(), closing(self._open()) as connection:
-            # WAL is a property of the file, kept once set; it cannot change inside a transaction.
-            connection.execute("PRAGMA journal_mode = WAL")
+        with self._sqlite_errors():
+            try:
+                with closing(self._open()) as connection:
+                    # WAL is a property of the file, kept once set; it cannot change inside a transaction.
+                    connection.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as error:
+                if not (_cannot_write(error) and self.path.is_file() and self._read_only_folder()):
+                    raise
+                # A read-only data folder: its chats can still be read (each write says why it cannot
+                # be made), if this ovchat reads their schema.
+                with closing(self._open(immutable=True)) as connection:
+                    _check_schema_version(self.path, connection.execute("PRAGMA user_version").fetchone()[0])
+                return
         self._migrate()
+        # One connection held open for the store's life keeps the WAL and its shared-memory index in place:
+        # without it the last connection to close removes them, and the next one must create them again,
+        # which fails on a full disk, so that even reading the chats would fail there.
+        with self._sqlite_errors():
+            keeper = self._open(check_same_thread=False)
+        self._keeper = weakref.finalize(self, keeper.close)
+
+    def close(self) -> None:
+        """Close the connection that keeps the WAL in place; also done when the store is garbage-collected.
+        The store still works after it, opening a connection for each call as always."""
+        if self._keeper is not None:
+            self._keeper()
 
     # -- conversations ------------------------------------------------------------------
 
@@ -136,7 +171,7 @@ class ConversationStore:
         """Every chat, the one changed last first."""
         with self._connect() as connection:
             rows = connection.execute(
-                "SELECT c.id, c.title, c.created_at, c.updated_at,"
+                "SELECT c.id, c.title, c.created_at, c.updated_at, c.revision,"
                 " (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count"
                 " FROM conversations c ORDER BY c.updated_at DESC, c.id DESC"
             ).fetchall()
@@ -146,7 +181,7 @@ class ConversationStore:
         # One read transaction, so the chat and its messages come from the same moment.
         with self._connect() as connection:
             row = connection.execute(
-                "SELECT id, title, system_prompt, created_at, updated_at,"
+                "SELECT id, title, system_prompt, created_at, updated_at, revision,"
                 " (SELECT COUNT(*) FROM messages WHERE conversation_id = :id) AS message_count"
                 " FROM conversations WHERE id = :id",
                 {"id": conversation_id},
@@ -166,35 +201,44 @@ class ConversationStore:
             ],
         )
 
-    def rename(self, conversation_id: int, title: str) -> None:
-        """Give a chat a new title; it keeps its place in the list, since its content is unchanged."""
+    def rename(self, conversation_id: int, title: str, expected_revision: int | None = None) -> None:
+        """Give a chat a new title; it keeps its place in the list, since its content is unchanged.
+
+        Here and in every method that changes a chat, ``expected_revision`` (the revision the caller's view
+        of the chat has) makes the change conditional: if the chat has another revision, ChatChanged is
+        raised and nothing is written."""
         clean = _one_line(title)
         if not clean:
             raise OvchatError("a chat's title cannot be empty")
         with self._connect(write=True) as connection:
-            updated = connection.execute(
-                "UPDATE conversations SET title = ? WHERE id = ?", (clean, conversation_id)
-            ).rowcount
-            if not updated:
-                raise _missing_conversation(conversation_id)
+            _check_revision(connection, conversation_id, expected_revision)
+            connection.execute(
+                "UPDATE conversations SET title = ?, revision = revision + 1 WHERE id = ?", (clean, conversation_id)
+            )
 
-    def delete(self, conversation_id: int) -> None:
+    def delete(self, conversation_id: int, expected_revision: int | None = None) -> None:
         """Delete a chat and all its messages."""
         with self._connect(write=True) as connection:
-            deleted = connection.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount
-            if not deleted:
-                raise _missing_conversation(conversation_id)
+            _check_revision(connection, conversation_id, expected_revision)
+            connection.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
-    def set_system_prompt(self, conversation_id: int, text: str) -> None:
+    def set_system_prompt(self, conversation_id: int, text: str, expected_revision: int | None = None) -> None:
         if not isinstance(text, str):
             raise OvchatError("the system prompt must be text")
         with self._connect(write=True) as connection:
-            _touch(connection, conversation_id)
+            _touch(connection, conversation_id, expected_revision)
             connection.execute("UPDATE conversations SET system_prompt = ? WHERE id = ?", (text, conversation_id))
 
     # -- messages -------------------------------------------------------------------------
 
-    def add_message(self, conversation_id: int, role: str, content: str, meta: dict[str, Any] | None = None) -> int:
+    def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        meta: dict[str, Any] | None = None,
+        expected_revision: int | None = None,
+    ) -> int:
         """Append a message to a chat; its id. The chat moves to the top of the list."""
         if role not in MESSAGE_ROLES:
             raise OvchatError(
@@ -205,7 +249,7 @@ class ConversationStore:
             raise OvchatError("a message's content must be text")
         meta_json = _meta_json(meta or {})
         with self._connect(write=True) as connection:
-            _touch(connection, conversation_id)
+            _touch(connection, conversation_id, expected_revision)
             cursor = connection.execute(
                 "INSERT INTO messages (conversation_id, position, role, content, meta)"
                 " VALUES (:id, (SELECT COALESCE(MAX(position), -1) + 1 FROM messages WHERE conversation_id = :id),"
@@ -231,12 +275,12 @@ class ConversationStore:
                 (content, meta_json, message_id),
             )
 
-    def truncate(self, conversation_id: int, keep: int) -> None:
+    def truncate(self, conversation_id: int, keep: int, expected_revision: int | None = None) -> None:
         """Keep only the first ``keep`` messages: regenerate drops the last reply, edit drops from a message on."""
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
             raise OvchatError(f"the number of messages to keep must be a whole number of at least 0, not {keep!r}")
         with self._connect(write=True) as connection:
-            _touch(connection, conversation_id)
+            _touch(connection, conversation_id, expected_revision)
             # Counted by order, not by position value, so it holds whatever the positions are.
             connection.execute(
                 "DELETE FROM messages WHERE conversation_id = :id AND position >= ("
@@ -279,21 +323,54 @@ class ConversationStore:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, immutable: bool = False, check_same_thread: bool = True) -> sqlite3.Connection:
+        """A connection; ``immutable`` reads a file on a read-only folder, where SQLite cannot make the WAL's
+        shared-memory file that a normal reader needs (safe only because nobody can write there either)."""
+        target = f"{self.path.resolve().as_uri()}?immutable=1" if immutable else str(self.path)
         # isolation_level=None: transactions are begun explicitly in _connect, never implicitly.
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        connection = sqlite3.connect(
+            target, uri=immutable, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=check_same_thread
+        )
         connection.row_factory = sqlite3.Row
-        # Per-connection settings; foreign keys make deleting a chat delete its messages.
-        connection.execute("PRAGMA foreign_keys = ON")
-        # In WAL mode NORMAL cannot corrupt the file; it skips an fsync per commit, which a
-        # reply saved as it streams would otherwise pay many times.
-        connection.execute("PRAGMA synchronous = NORMAL")
+        try:
+            # Per-connection settings; foreign keys make deleting a chat delete its messages.
+            connection.execute("PRAGMA foreign_keys = ON")
+            # In WAL mode NORMAL cannot corrupt the file; it skips an fsync per commit, which a
+            # reply saved as it streams would otherwise pay many times.
+            connection.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            connection.close()
+            raise
         return connection
+
+    def _open_for(self, write: bool) -> sqlite3.Connection:
+        if write:
+            return self._open()
+        try:
+            connection = self._open()
+        except sqlite3.OperationalError as error:  # the first statement opens the file and the WAL's index
+            if not (_cannot_write(error) and self._read_only_folder()):
+                raise
+            return self._open(immutable=True)
+        return connection
+
+    def _read_only_folder(self) -> bool:
+        return not os.access(self.path.parent, os.W_OK)
+
+    def _hint(self) -> str:
+        """What SQLite's "disk I/O error" or "unable to open" may mean here, when the folder says it."""
+        if self._read_only_folder():
+            return "; its folder is read-only"
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(self.path.parent).free
+            if free < LOW_DISK_BYTES:
+                return f"; the disk is full ({free // 1024} KiB free)"
+        return ""
 
     @contextmanager
     def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         """A connection inside one transaction, committed on success and closed either way."""
-        with self._sqlite_errors(), closing(self._open()) as connection:
+        with self._sqlite_errors(), closing(self._open_for(write)) as connection:
             # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
             # writes can fail at once with "database is locked" instead of waiting its turn.
             connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -320,7 +397,7 @@ class ConversationStore:
             if name.startswith("SQLITE_CORRUPT"):
                 raise OvchatError(f"the chat store {self.path} is damaged: {error}") from None
             if name.startswith(_ENVIRONMENT_ERRORS):
-                raise OvchatError(f"cannot use the chat store {self.path}: {error}") from None
+                raise OvchatError(f"cannot use the chat store {self.path}: {error}{self._hint()}") from None
             raise
 
     def _migrate(self) -> None:
@@ -328,11 +405,7 @@ class ConversationStore:
         with self._connect(write=True) as connection:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             latest = len(MIGRATIONS)
-            if version > latest:
-                raise OvchatError(
-                    f"the chat store {self.path} was written by a newer ovchat "
-                    f"(schema {version}, this one reads up to {latest})"
-                )
+            _check_schema_version(self.path, version)
             if version == 0 and connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
                 raise OvchatError(f"{self.path} is a SQLite database of another program, not ovchat's chat store")
             for script in MIGRATIONS[version:]:
@@ -341,6 +414,19 @@ class ConversationStore:
                     connection.execute(statement)
             if version < latest:
                 connection.execute(f"PRAGMA user_version = {latest:d}")
+
+
+def _check_schema_version(path: Path, version: int) -> None:
+    if version > len(MIGRATIONS):
+        raise OvchatError(
+            f"the chat store {path} was written by a newer ovchat "
+            f"(schema {version}, this one reads up to {len(MIGRATIONS)})"
+        )
+
+
+def _cannot_write(error: sqlite3.Error) -> bool:
+    """SQLite's errors for a file it may not write or whose WAL index it cannot create."""
+    return (getattr(error, "sqlite_errorname", "") or "").startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY"))
 
 
 def _one_line(text: str) -> str:
@@ -357,7 +443,9 @@ def _meta_json(meta: dict[str, Any]) -> str:
 
 
 def _info(row: sqlite3.Row) -> ConversationInfo:
-    return ConversationInfo(row["id"], row["title"], row["created_at"], row["updated_at"], row["message_count"])
+    return ConversationInfo(
+        row["id"], row["title"], row["created_at"], row["updated_at"], row["message_count"], row["revision"]
+    )
 
 
 def _missing_conversation(conversation_id: int) -> OvchatError:
@@ -369,11 +457,23 @@ def _next_update_time(connection: sqlite3.Connection, now: float) -> float:
     return now if latest is None else max(now, latest + _TICK_S)
 
 
-def _touch(connection: sqlite3.Connection, conversation_id: int) -> None:
-    """Mark a chat as changed now, or raise if it does not exist."""
-    updated_at = _next_update_time(connection, time.time())
-    touched = connection.execute(
-        "UPDATE conversations SET updated_at = ? WHERE id = ?", (updated_at, conversation_id)
-    ).rowcount
-    if not touched:
+def _check_revision(connection: sqlite3.Connection, conversation_id: int, expected: int | None) -> None:
+    """Raise if the chat does not exist, or if ``expected`` is given and is not its revision."""
+    row = connection.execute("SELECT revision FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+    if row is None:
         raise _missing_conversation(conversation_id)
+    if expected is not None and row["revision"] != expected:
+        raise ChatChanged(
+            f"chat {conversation_id} was changed in another tab or window since this one showed it; "
+            "nothing was changed here"
+        )
+
+
+def _touch(connection: sqlite3.Connection, conversation_id: int, expected_revision: int | None = None) -> None:
+    """Mark a chat as changed now (first in the list, one revision more), or raise if it does not exist
+    or is not at the expected revision."""
+    _check_revision(connection, conversation_id, expected_revision)
+    updated_at = _next_update_time(connection, time.time())
+    connection.execute(
+        "UPDATE conversations SET updated_at = ?, revision = revision + 1 WHERE id = ?", (updated_at, conversation_id)
+    )

@@ -17,6 +17,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "reply.finish.stop": "stop",
         "reply.finish.cancelled": "cancelled",
         "reply.finish.stopped": "stopped",
+        "reply.failed": "cut short: {error}",
+        "reply.unfinished": "unfinished (still being written, or its page stopped while writing it)",
     },
     "zh-CN": {
         "reply.tokens": "{count} 个词元",
@@ -28,5 +30,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "reply.finish.stop": "遇到停止词",
         "reply.finish.cancelled": "已取消",
         "reply.finish.stopped": "已停止",
+        "reply.failed": "中途出错：{error}",
+        "reply.unfinished": "未完成（仍在生成，或生成时页面已停止）",
     },
 }

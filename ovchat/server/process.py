@@ -101,6 +101,12 @@ class ServerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=15)
 
+    def kill(self) -> None:
+        """End the server and its children at once with SIGKILL, as a crash or the OOM killer would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
+
     def __enter__(self) -> ServerProcess:
         return self.start()
 
