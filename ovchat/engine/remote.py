@@ -40,7 +40,12 @@ from ovchat.settings import GenerationSettings
 ENDPOINT_ENV = "OVCHAT_ENDPOINT"
 API_KEY_ENV = "OVCHAT_API_KEY"
 DEFAULT_CONTEXT_LENGTH = 4096  # when the server does not say; --context-length sets another
-BYTES_PER_TOKEN = 3
+# The prompt's tokens are guessed from its text, without the server's tokenizer, on the high side: a token per
+# 3 bytes of ASCII (English averages about 4), a token per byte of anything else (a byte-level BPE never needs
+# more), and room for the template's own text (a default system prompt, role markers, the reply's opening).
+ASCII_BYTES_PER_TOKEN = 3
+TEMPLATE_TOKENS = 32
+MESSAGE_TOKENS = 8
 EXTRA_FIELDS = ("top_k", "repetition_penalty")  # sampling settings outside OpenAI's API
 RETRY_DELAYS_S = (0.5, 1.0, 2.0)  # before the first token only
 CONNECT_TIMEOUT_S = 10.0
@@ -50,9 +55,14 @@ FINISH_REASONS = {"stop": "eos", "length": "length", "content_filter": "stop", "
 
 
 def estimate_tokens(messages: Sequence[Message]) -> int:
-    """A generous guess at a chat's prompt tokens without the server's tokenizer."""
-    text_bytes = sum(len(str(message.get("content", "")).encode("utf-8")) + 8 for message in messages)
-    return math.ceil(text_bytes / BYTES_PER_TOKEN)
+    """A generous guess at a chat's prompt tokens without the server's tokenizer (see ASCII_BYTES_PER_TOKEN)."""
+    tokens = TEMPLATE_TOKENS
+    for message in messages:
+        text = str(message.get("content", ""))
+        ascii_bytes = len(text.encode("ascii", "ignore"))
+        other_bytes = len(text.encode("utf-8", "surrogatepass")) - ascii_bytes
+        tokens += MESSAGE_TOKENS + math.ceil(ascii_bytes / ASCII_BYTES_PER_TOKEN) + other_bytes
+    return tokens
 
 
 def context_length_of(model: Any) -> int | None:
