@@ -16,36 +16,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ovchat.engine import Chunk, Engine
 from ovchat.errors import OvchatError, first_line
-from ovchat.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_REQUESTS
+from ovchat.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_MESSAGES, DEFAULT_MAX_REQUESTS
 from ovchat.server import openai_api as api
 from ovchat.server.metrics import ServerMetrics
 
 _DONE = object()
+# The routes that read a JSON body; the others take none.
+BODY_ROUTES = ("/v1/chat/completions", "/v1/completions")
+ROUTES_SERVED = "/v1/chat/completions, /v1/completions, /v1/models, /health and /metrics"
 
 StartReply = Callable[[threading.Event], Iterator[Chunk]]
 
 
 class ServerState:
-    """The engine once loaded (None while loading), the load error if it failed, the limits, and the
-    number of replies the engine is making (counted in the event loop's thread only)."""
+    """The engine once loaded (None while loading), the load error if it failed, the limits, the web pages
+    allowed to call the API, and the number of replies the engine is making (counted in the event loop's
+    thread only)."""
 
-    def __init__(self, model: str, api_key: str | None, max_requests: int, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        model: str,
+        api_key: str | None,
+        max_requests: int,
+        max_body_bytes: int,
+        max_messages: int = DEFAULT_MAX_MESSAGES,
+        cors_origins: Sequence[str] = (),
+    ) -> None:
         self.model = model
         self.api_key = api_key
         self.max_requests = max_requests
         self.max_body_bytes = max_body_bytes
+        self.max_messages = max_messages
+        self.cors_origins = tuple(cors_origins)
         self.engine: Engine | None = None
         self.load_error: str | None = None
         self.active = 0
@@ -59,10 +76,13 @@ def create_app(
     max_requests: int = DEFAULT_MAX_REQUESTS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     on_ready: Callable[[str | None], None] = lambda error: None,
+    max_messages: int = DEFAULT_MAX_MESSAGES,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The app; ``load`` runs in a thread at startup (``/health`` answers 503 until it is done), then
-    ``on_ready`` gets None or the load error's message."""
-    state = ServerState(model, api_key, max_requests, max_body_bytes)
+    ``on_ready`` gets None or the load error's message. Web pages may call it only from ``cors_origins``
+    (``*``: any); by default none may."""
+    state = ServerState(model, api_key, max_requests, max_body_bytes, max_messages, cors_origins)
 
     def load_in_background() -> None:
         try:
@@ -78,6 +98,13 @@ def create_app(
     app = FastAPI(title="ovchat", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ovchat = state
     app.add_middleware(Gate, state=state)
+    if state.cors_origins:
+        # Outside the Gate: it answers the allowed pages' preflights (which carry no API key) and adds its
+        # headers to the Gate's refusals, so such a page can read why it was refused.
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(state.cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"], max_age=600,
+        )  # fmt: skip
 
     @app.exception_handler(api.ApiError)
     async def api_error(request: Request, error: api.ApiError) -> JSONResponse:
@@ -87,6 +114,13 @@ def create_app(
     async def bad_body(request: Request, error: RequestValidationError) -> JSONResponse:
         failure = api.validation_error(error.errors())
         return JSONResponse(failure.body, status_code=failure.status)
+
+    @app.exception_handler(HTTPException)
+    async def starlette_refusal(request: Request, error: HTTPException) -> JSONResponse:
+        # Starlette's own refusals (no such route, a wrong method, a body FastAPI could not parse) in
+        # OpenAI's shape like every other error.
+        failure = api.ApiError(error.status_code, _http_error_message(request, error))
+        return JSONResponse(failure.body, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def server_fault(request: Request, error: Exception) -> JSONResponse:
@@ -115,46 +149,116 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(body: api.ChatBody, request: Request) -> Response:
         engine, settings = _admit(state, body)
-        messages = body.chat()
+        messages = body.chat(state.max_messages)
         return await _respond(state, request, "chat", body, lambda cancel: engine.stream(messages, settings, cancel))
 
     @app.post("/v1/completions")
     async def completions(body: api.CompletionBody, request: Request) -> Response:
         engine, settings = _admit(state, body)
-        start: StartReply = lambda cancel: engine.complete(body.prompt, settings, cancel)  # noqa: E731
+        prompt = body.text
+        start: StartReply = lambda cancel: engine.complete(prompt, settings, cancel)  # noqa: E731
         return await _respond(state, request, "text", body, start)
 
     return app
 
 
+def _http_error_message(request: Request, error: HTTPException) -> str:
+    where = f"{request.method} {request.url.path}"
+    if error.status_code == 404:
+        return f"no route {where}; this server answers {ROUTES_SERVED}"
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        return f"{request.url.path} takes {allowed or 'another method'}, not {request.method}"
+    cause = error.__cause__
+    if isinstance(cause, RecursionError):  # FastAPI's "There was an error parsing the body"
+        return "the request body is not valid JSON: it is nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return "the request body is not valid JSON: it is not UTF-8 text"
+    return f"{where}: {error.detail}"
+
+
 class Gate:
-    """Refuses, before the body is read: a body over the size limit (413), and under ``/v1/`` a wrong or
-    missing API key (401). ``/health`` and ``/metrics`` stay open, as in vLLM. Plain ASGI rather than
-    FastAPI's ``http`` middleware, which would sit between a streamed reply and the client's disconnect."""
+    """Refuses, before the app reads the body: a request from a web page not allowed to call the API (403,
+    so a page cannot make a visitor's browser run the model either), a body over the size limit (413,
+    counted as it arrives when the client sends no length), under ``/v1/`` a wrong or missing API key
+    (401, compared in constant time), and a body that is not declared JSON (415). ``/health`` and
+    ``/metrics`` need no key, as in vLLM. Plain ASGI rather than FastAPI's ``http`` middleware, which
+    would sit between a streamed reply and the client's disconnect."""
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
         self.state = state
+        self._key = None if state.api_key is None else f"Bearer {state.api_key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-            refusal = self._refusal(scope["path"], headers)
+            refusal = self._refusal(scope["method"], scope["path"], headers)
+            if refusal is None and "content-length" not in headers and scope["method"] == "POST":
+                body = await self._read_body(receive)
+                if body is None:  # the client left before its body was whole
+                    return
+                if len(body) > self.state.max_body_bytes:
+                    refusal = self._too_large()
+                receive = _replay(body, receive)
             if refusal is not None:
                 await JSONResponse(refusal.body, status_code=refusal.status)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def _refusal(self, path: str, headers: dict[str, str]) -> api.ApiError | None:
+    def _refusal(self, method: str, path: str, headers: dict[str, str]) -> api.ApiError | None:
+        origin = headers.get("origin")
+        allowed = self.state.cors_origins
+        if origin is not None and origin not in allowed and "*" not in allowed:
+            return api.ApiError(403, f"requests from web pages are refused, and this one comes from {origin}; "
+                                f"start the server with --cors-origin {origin} to allow it",
+                                kind="permission_error", code="origin_not_allowed")  # fmt: skip
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.state.max_body_bytes:
-            limit = self.state.max_body_bytes
-            return api.ApiError(413, f"the request body is over the server's limit of {limit} bytes")
-        key = self.state.api_key
-        if key is not None and path.startswith("/v1/") and headers.get("authorization") != f"Bearer {key}":
+            return self._too_large()
+        given = headers.get("authorization", "").encode("latin-1")
+        if self._key is not None and path.startswith("/v1/") and not hmac.compare_digest(given, self._key):
             return api.ApiError(401, "invalid or missing API key (send Authorization: Bearer KEY)",
                                 kind="authentication_error", code="invalid_api_key")  # fmt: skip
+        if method == "POST" and path in BODY_ROUTES and not _is_json(headers.get("content-type")):
+            sent = headers.get("content-type")
+            return api.ApiError(415, "the request body must be JSON, sent with Content-Type: application/json; "
+                                + (f"this one is {sent}" if sent else "this request has no Content-Type"))  # fmt: skip
         return None
+
+    def _too_large(self) -> api.ApiError:
+        return api.ApiError(413, f"the request body is over the server's limit of {self.state.max_body_bytes} bytes")
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The body of a request sent without its length (chunked), read only up to one byte over the limit."""
+        body = bytearray()
+        while len(body) <= self.state.max_body_bytes:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        return bytes(body)
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for the app: the body read already, then the client's own messages (its disconnect)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 def _admit(state: ServerState, body: api.SamplingBody) -> tuple[Engine, Any]:

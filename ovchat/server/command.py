@@ -10,15 +10,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ovchat.engine.backends import BATCH_LOOP_OPTION, BATCH_LOOPS, DEFAULT_BATCH_LOOP, SCHEDULER_OPTION
 from ovchat.errors import OvchatError
-from ovchat.server import DEFAULT_MAX_REQUESTS
+from ovchat.server import DEFAULT_MAX_REQUESTS, DEFAULT_WRITE_TIMEOUT_S
 
 if TYPE_CHECKING:
     from ovchat.engine import Engine
 
 API_KEY_ENV = "OVCHAT_API_KEY"
+MAX_WRITE_TIMEOUT_S = 86400  # a day: a client silent for longer is gone
 
 
 def add_arguments(serve: argparse.ArgumentParser) -> None:
@@ -26,6 +28,16 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--api-key", help=f"clients must send it as a Bearer token (default: ${API_KEY_ENV})")
     serve.add_argument("--allow-no-key", action="store_true", help="serve on a non-loopback address without an API key")
+    serve.add_argument(
+        "--cors-origin", action="append", default=[], metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. http://localhost:3000; * for any) call the API from a browser "
+        "(repeatable; default: none, requests from web pages are refused)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--write-timeout", type=float, metavar="SECONDS",
+        help="drop a client whose connection accepts none of its reply for this long, cancelling the reply "
+        f"(default: {DEFAULT_WRITE_TIMEOUT_S:g})",
+    )  # fmt: skip
     serve.add_argument("--model-name", help="the model's name in the API (default: the model folder's name)")
     serve.add_argument(
         "--parallel",
@@ -96,7 +108,25 @@ def check_exposure(args: argparse.Namespace) -> str | None:
         raise OvchatError(f"--port must be in 1-65535, not {args.port}")
     if args.max_requests < 1:
         raise OvchatError(f"--max-requests must be at least 1, not {args.max_requests}")
+    for origin in args.cors_origin:
+        check_origin(origin)
+    if args.write_timeout is not None and not 0 < args.write_timeout <= MAX_WRITE_TIMEOUT_S:
+        raise OvchatError(f"--write-timeout must be in (0, {MAX_WRITE_TIMEOUT_S}] seconds, not {args.write_timeout:g}")
+    if getattr(args, "ray", False) and (args.cors_origin or args.write_timeout is not None):
+        raise OvchatError("--cors-origin and --write-timeout apply without --ray only")
     return api_key
+
+
+def check_origin(origin: str) -> None:
+    """``origin`` as a browser sends it (``scheme://host[:port]``, nothing after it), or ``*``."""
+    if origin == "*":
+        return
+    parts = urlsplit(origin)
+    if not (parts.scheme and parts.netloc) or parts.path or parts.query or parts.fragment:
+        raise OvchatError(
+            f"--cors-origin takes a web page's origin, scheme://host[:port] with nothing after it "
+            f"(e.g. http://localhost:3000), or *; not {origin!r}"
+        )
 
 
 def run(args: argparse.Namespace, folder: Path, load: Callable[[], Engine]) -> int:
@@ -112,6 +142,7 @@ def run(args: argparse.Namespace, folder: Path, load: Callable[[], Engine]) -> i
         listener = socket.create_server((args.host, args.port), family=_family(args.host))
     except OSError as error:
         raise OvchatError(f"could not listen on {args.host}:{args.port}: {error.strerror or error}") from None
+    drop_stalled_clients(listener, args.write_timeout if args.write_timeout is not None else DEFAULT_WRITE_TIMEOUT_S)
     failure: list[str] = []
     server: uvicorn.Server | None = None
 
@@ -125,7 +156,9 @@ def run(args: argparse.Namespace, folder: Path, load: Callable[[], Engine]) -> i
         if server is not None:
             server.should_exit = True
 
-    app = create_app(load, model, api_key=api_key, max_requests=args.max_requests, on_ready=on_ready)
+    app = create_app(
+        load, model, api_key=api_key, max_requests=args.max_requests, on_ready=on_ready, cors_origins=args.cors_origin
+    )
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     print(f"ovchat serve: loading {folder.name}; http://{args.host}:{args.port}/health says when it is ready",
@@ -134,6 +167,20 @@ def run(args: argparse.Namespace, folder: Path, load: Callable[[], Engine]) -> i
     if failure:
         raise OvchatError(failure[0])
     return 0
+
+
+def drop_stalled_clients(listener: socket.socket, timeout_s: float) -> None:
+    """Connections accepted from ``listener`` are dropped by the kernel when what the server sent stays
+    unacknowledged, or unsent because the client's window is shut (it stopped reading), for ``timeout_s``.
+
+    A client that never reads its streamed reply would otherwise keep its connection, and the reply
+    queued for it, for as long as it stays connected: uvicorn waits for the client to drain its buffer
+    (back-pressure) with no timeout. When the kernel drops it, uvicorn sees the connection lost and the
+    reply is cancelled as for any disconnect. Linux only (TCP_USER_TIMEOUT); elsewhere nothing changes.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is not None:  # accepted sockets inherit it
+        listener.setsockopt(socket.IPPROTO_TCP, option, max(1, round(timeout_s * 1000)))
 
 
 def _family(host: str) -> socket.AddressFamily:

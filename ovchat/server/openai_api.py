@@ -2,7 +2,9 @@
 
 Requests are validated with pydantic (what FastAPI speaks); anything a client gets wrong becomes
 an :class:`ApiError` with OpenAI's error object, never a 500. Unknown fields are ignored, as
-OpenAI-compatible servers (vLLM, llama.cpp's) do, so clients that send extras keep working.
+OpenAI-compatible servers (vLLM, llama.cpp's) do, so clients that send extras keep working. Known
+fields take JSON's own types only, as OpenAI's API does: ``"temperature": "0.5"`` or ``true`` is a
+400, not a number guessed from it.
 
 Log-probabilities come in two shapes: the chat's (``logprobs.content``, a list of tokens with their
 ``top_logprobs``) and the legacy completions' (parallel lists ``tokens``, ``token_logprobs``,
@@ -15,15 +17,22 @@ import codecs
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from ovchat.engine import ReplyStats
 from ovchat.engine.streaming import TokenLogprob
 from ovchat.errors import OvchatError
 from ovchat.prompt import Message
+from ovchat.server import DEFAULT_MAX_MESSAGES, MAX_STOP_STRINGS
 from ovchat.settings import MAX_LOGPROBS, GenerationSettings
+
+# pydantic's lax mode would read true as 1 and "0.5" as 0.5; a client that sends them has a bug to hear about.
+Number = Annotated[float, Strict()]  # an integer is a number too
+Integer = Annotated[int, Strict()]
+Flag = Annotated[bool, Strict()]
+Text = Annotated[str, Strict()]
 
 # When a request leaves a parameter out, OpenAI's defaults apply (temperature 1, top_p 1),
 # not the page's: a client written for the OpenAI API expects them.
@@ -52,43 +61,84 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
         return ApiError(400, f"the request body is not valid JSON: {detail}".rstrip(": "))
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-    message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-    return ApiError(400, message, param=where or None)
+    where = _field_path(first.get("loc", ()))
+    if not where:  # the body itself: a JSON array, string or null, or nothing at all
+        what = "empty" if first.get("type") == "missing" else _json_type(first.get("input"))
+        return ApiError(400, f"the request body must be a JSON object, not {what}")
+    return ApiError(400, f"{where}: {first.get('msg')}", param=where)
+
+
+# The names pydantic gives a union's members in an error's location.
+_UNION_MEMBERS = {"str", "int", "float", "bool", "none", "function-after", "function-before"}
+
+
+def _field_path(loc: Sequence[Any]) -> str:
+    """pydantic's location as OpenAI names a field (``messages[0].content``), without the union member a value
+    was tried as (pydantic's ``str`` or ``list[TextPart]``)."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in _UNION_MEMBERS and "[" not in str(part):
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return "a boolean" if isinstance(value, bool) else "a number"
+
+
+def check_text(text: str, where: str, param: str | None) -> str:
+    """``text`` if it can be sent to the model; JSON can carry a lone surrogate (``"\\ud800"``), which no
+    tokenizer takes, so it is the client's mistake (a 400), not the server's."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ApiError(400, f"{where} is not valid Unicode: a lone surrogate at character {error.start}",
+                       param=param) from None  # fmt: skip
+    return text
 
 
 class TextPart(BaseModel):
-    type: str
-    text: str | None = None
+    type: Text
+    text: Text | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str
-    content: str | list[TextPart] | None = None
+    role: Text
+    content: Text | list[TextPart] | None = None
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: Flag = False
 
 
 class SamplingBody(BaseModel):
     """The parameters chat and plain completions share."""
 
     model_config = ConfigDict(extra="ignore")
-    model: str
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = 1
-    stream: bool = False
+    model: Text
+    max_tokens: Integer | None = None
+    max_completion_tokens: Integer | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    top_k: Integer | None = None
+    repetition_penalty: Number | None = None
+    frequency_penalty: Number | None = None
+    presence_penalty: Number | None = None
+    seed: Integer | None = None
+    stop: Text | list[Text] | None = None
+    n: Integer = 1
+    stream: Flag = False
     stream_options: StreamOptions | None = None
 
     def settings(self) -> GenerationSettings:
@@ -103,7 +153,10 @@ class SamplingBody(BaseModel):
         }  # fmt: skip
         values.update({name: value for name, value in given.items() if value is not None})
         if self.stop:
-            values["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+            stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+            if len(stops) > MAX_STOP_STRINGS:
+                raise ApiError(400, f"stop takes at most {MAX_STOP_STRINGS} strings, not {len(stops)}", param="stop")
+            values["stop"] = tuple(check_text(stop, "a stop string", "stop") for stop in stops)
         values["logprobs"] = self.requested_logprobs()
         try:
             return GenerationSettings(**values)
@@ -128,8 +181,8 @@ class SamplingBody(BaseModel):
 
 class ChatBody(SamplingBody):
     messages: list[ChatMessage] = Field(min_length=1)
-    logprobs: bool = False
-    top_logprobs: int | None = None
+    logprobs: Flag = False
+    top_logprobs: Integer | None = None
 
     def requested_logprobs(self) -> int | None:
         top = self.top_logprobs
@@ -140,21 +193,32 @@ class ChatBody(SamplingBody):
             raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
         return (top or 0) if self.logprobs else None
 
-    def chat(self) -> list[Message]:
-        """The messages as the engine takes them: text content, OpenAI's "developer" role as system."""
+    def chat(self, max_messages: int = DEFAULT_MAX_MESSAGES) -> list[Message]:
+        """The messages as the engine takes them: text content, OpenAI's "developer" role as system; at most
+        ``max_messages`` of them."""
+        if len(self.messages) > max_messages:
+            raise ApiError(400, f"the chat has {len(self.messages)} messages, over this server's limit of "
+                           f"{max_messages}; send the latest ones (older turns would not fit the model's context)",
+                           param="messages")  # fmt: skip
         chat: list[Message] = []
         for index, message in enumerate(self.messages):
             role = "system" if message.role == "developer" else message.role
             if role not in ("system", "user", "assistant"):
                 raise ApiError(400, f"message {index} has role {message.role!r}; this server takes "
                                "system, developer, user and assistant", param=f"messages[{index}].role")  # fmt: skip
-            chat.append({"role": role, "content": _text(message.content, index)})  # type: ignore[typeddict-item]
+            text = check_text(_text(message.content, index), f"message {index}", f"messages[{index}].content")
+            chat.append({"role": role, "content": text})  # type: ignore[typeddict-item]
         return chat
 
 
 class CompletionBody(SamplingBody):
-    prompt: str
-    logprobs: int | None = None  # the legacy API's: how many alternatives, not a switch
+    prompt: Text
+    logprobs: Integer | None = None  # the legacy API's: how many alternatives, not a switch
+
+    @property
+    def text(self) -> str:
+        """The prompt, if the model can read it."""
+        return check_text(self.prompt, "the prompt", "prompt")
 
     def requested_logprobs(self) -> int | None:
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LEGACY_LOGPROBS:
