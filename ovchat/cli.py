@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -363,18 +364,38 @@ def run_chat(args: argparse.Namespace) -> int:
     engine = engine_from_args(args)
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        # A typed line that is not UTF-8 then reaches the chat, which refuses that line alone, instead of ending
+        # the program with a traceback (a strict decoder) or changing the text (a replacing one).
+        sys.stdin.reconfigure(errors="surrogateescape")
     chat = TerminalChat(engine, settings, messages, system=args.system, output=args.output)
     return chat.run()
 
 
+def typed_text(argument: str | None, what: str) -> str:
+    """The command line's text, or standard input's for None or "-"; an error if it is not UTF-8 (a terminal
+    set to another encoding), which nothing after could encode."""
+    from ovchat.prompt import unicode_problem
+
+    text = argument or ""
+    if argument in (None, "-"):
+        # Bytes that are not UTF-8 reach Python's argv as lone surrogates; standard input is read as bytes so that
+        # they do the same whatever the locale (a strict decoder would end the command with a traceback).
+        raw = getattr(sys.stdin, "buffer", None)
+        text = raw.read().decode("utf-8", "surrogateescape") if raw is not None else sys.stdin.read()
+    problem = unicode_problem(text)
+    if problem is not None:
+        raise OvchatError(f"{what} is not UTF-8 text: {problem}; is the terminal set to UTF-8?")
+    return text
+
+
 def run_ask(args: argparse.Namespace) -> int:
-    import io
     import json
 
     from ovchat.prompt import Message
     from ovchat.terminal import format_stats, print_reply
 
-    prompt = sys.stdin.read() if args.prompt in (None, "-") else args.prompt
+    prompt = typed_text(args.prompt, "the prompt")
     if not prompt.strip():
         raise OvchatError("the prompt is empty")
     settings = settings_from_args(args)
@@ -417,7 +438,7 @@ def run_explore(args: argparse.Namespace) -> int:
 
     from ovchat.lab.explorer import explore, prefix_ids, visible
 
-    text = sys.stdin.read() if args.text in (None, "-") else args.text
+    text = typed_text(args.text, "the text to explore")
     settings = settings_from_args(args)
     if args.rows < 1:
         raise OvchatError("--rows must be at least 1")

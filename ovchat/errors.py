@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class OvchatError(Exception):
     """A problem the user can fix; its message is one clear line.
@@ -11,7 +13,14 @@ class OvchatError(Exception):
     """
 
 
+# OpenVINO's C++ errors open with where they were thrown ("Exception from src/inference/src/cpp/core.cpp:84:",
+# "Check 'x' failed at src/frontends/ir/src/input_model.cpp:219:") and say what went wrong only on a later line.
+_OPENVINO_WHERE = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$")
+
+
 def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (libraries raise pages of text), or its type's name."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    """The first line of an exception's message that says what went wrong (libraries raise pages of text, and
+    OpenVINO's first lines name only a source file), or its type's name."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    telling = [line for line in lines if not _OPENVINO_WHERE.match(line)]
+    return (telling or lines or [type(error).__name__])[0]

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ovchat.errors import OvchatError
+
 IR_XML = "openvino_model.xml"
 IR_BIN = "openvino_model.bin"
 # The model, the OpenVINO tokenizer and detokenizer (openvino-genai's loop and its text streamer), and
@@ -43,17 +45,74 @@ def is_complete(folder: Path) -> bool:
     return folder.is_dir() and not missing_files(folder)
 
 
+# The IRs openvino-genai reads, and the JSON files it and ovchat read, from a folder's REQUIRED_FILES and beyond.
+IR_FILES: tuple[str, ...] = (IR_XML, "openvino_tokenizer.xml", "openvino_detokenizer.xml")
+JSON_FILES: tuple[str, ...] = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+def damaged_files(folder: Path) -> list[str]:
+    """What is wrong with the files ``folder`` has, one line each (empty when nothing is seen): JSON that does
+    not parse, an IR's XML that is not XML, an IR's weights missing. Reads a few bytes of each IR only, so the
+    engine checks a folder this way before every load. An XML file that is not XML makes OpenVINO try each of
+    its frontends on it in turn, and they print their own errors, so this is caught before OpenVINO reads it."""
+    problems = []
+    for name in JSON_FILES:
+        try:
+            _json_object(folder / name)
+        except ValueError as error:
+            problems.append(f"{name} {error}")
+    for name in IR_FILES:
+        xml = folder / name
+        if not xml.is_file():
+            continue  # missing_files names the required ones
+        try:
+            with xml.open("rb") as file:
+                head = file.read(64).lstrip()
+        except OSError as error:
+            problems.append(f"{name} cannot be read ({error.strerror or error})")
+            continue
+        if not head.startswith((b"<?xml", b"<net")):
+            problems.append(f"{name} is not an OpenVINO IR (no XML in it)")
+        if not xml.with_suffix(".bin").is_file():
+            problems.append(f"{xml.with_suffix('.bin').name} is missing (the weights of {name})")
+    return problems
+
+
 def looks_like_ir(folder: Path) -> bool:
     """Whether ``folder`` is an OpenVINO IR rather than a checkpoint, complete or not."""
     return (folder / IR_XML).is_file()
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; an empty one when the file does not exist."""
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; an empty one when the file does not exist or holds another JSON value.
+    Raises ValueError saying why a file that is there cannot be read."""
     if not path.is_file():
         return {}
-    value = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"is not valid JSON ({error.msg} at line {error.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8 text") from None
+    except RecursionError:  # json gives up on nesting deeper than Python's recursion limit
+        raise ValueError("is not valid JSON (nested too deeply)") from None
+    except OSError as error:
+        raise ValueError(f"cannot be read ({error.strerror or error})") from None
     return value if isinstance(value, dict) else {}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; an empty one when the file does not exist. A file that cannot be read as
+    JSON is an error naming it."""
+    try:
+        return _json_object(path)
+    except ValueError as error:
+        raise OvchatError(f"{path} {error}") from None
 
 
 def read_model_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -79,8 +138,8 @@ def model_context_length(config: Mapping[str, Any]) -> int:
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     """What the export recorded (source, weight format, sizes, smoke reply); None for a foreign folder."""
     try:
-        return read_json(folder / MANIFEST) or None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return _json_object(folder / MANIFEST) or None
+    except ValueError:
         return None
 
 

@@ -13,7 +13,7 @@ from typing import TextIO
 from ovchat.chats.files import save_chat
 from ovchat.engine import Reply, ReplyStats, StreamingEngine, collect
 from ovchat.errors import OvchatError
-from ovchat.prompt import Message
+from ovchat.prompt import Message, unicode_problem
 from ovchat.settings import GenerationSettings
 
 EXIT_WORDS = ("exit", "quit", "bye", "/exit", "/bye", "/quit")
@@ -116,6 +116,10 @@ class TerminalChat:
                 break
             if text.startswith("/"):
                 self.command(text)
+                continue
+            problem = unicode_problem(text)
+            if problem is not None:
+                self.info(f"error: that message is not UTF-8 text ({problem}); is the terminal set to UTF-8?")
                 continue
             self.messages.append({"role": "user", "content": text})
             self.answer()

@@ -102,27 +102,35 @@ class Engine:
         if decoding.guesses and backend == OPTIMUM_BACKEND:
             raise OvchatError(f"the {OPTIMUM_BACKEND} loop decodes plainly only; use the batched or genai loop")
         folder = Path(path).expanduser()
+        if folder.is_file():
+            raise OvchatError(f"{folder} is a file; a model is a folder made by export_ir.py")
         if not folder.is_dir():
             raise OvchatError(f"model folder {folder} does not exist; export one with export_ir.py")
         missing = model_folder.missing_files(folder)
         if missing:
             raise OvchatError(f"{folder} is not an exported model: missing {', '.join(missing)}")
+        damaged = model_folder.damaged_files(folder)
+        if damaged:
+            raise OvchatError(f"{folder} is damaged: {damaged[0]}; export the model again")
         check_device(device)
         properties = compile_properties(device, ov_config, use_cache_dir)
         if decoding.guesses:
             properties[DECODING_OPTION] = decoding
         try:
             loaded = load_backend(folder, device, properties)
-        except OvchatError:
-            raise  # already one line the user can act on (a draft model of another vocabulary)
         except Exception as error:
+            problem = _ir_problem(folder)
+            if problem is not None:
+                raise OvchatError(f"could not load {folder}: {problem}") from error
+            if isinstance(error, OvchatError):
+                raise  # already one line the user can act on (a draft model of another vocabulary)
             raise OvchatError(f"could not load {folder}: {first_line(error)}") from error
         # The scorer (log-probabilities) compiles the same IR as a plain model: OpenVINO's properties only,
         # not openvino-genai's own options, which are the other keys.
         scorer_properties = {
             key: value for key, value in properties.items() if key.isupper() and key not in GENAI_ONLY_PROPERTIES
         }
-        return cls(
+        engine = cls(
             loaded,
             folder,
             device,
@@ -131,6 +139,11 @@ class Engine:
             decoding=decoding,
             scorer_properties=scorer_properties,
         )
+        # One prompt rendered and encoded here, before any caller's thread: the first template compile and the
+        # first encode import and set up what they need lazily, and eight threads doing that first at once hung
+        # for good in 3 of 10 cold starts (import locks and openvino-genai's encode; 0 of 10 after this).
+        engine.encode([{"role": "user", "content": "Hello"}])
+        return engine
 
     def scorer(self) -> Scorer:
         """The forward model that gives log-probabilities, compiled on first use (a second copy of the
@@ -139,6 +152,11 @@ class Engine:
             if self._scorer is None:
                 from ovchat.engine.scoring import Scorer
 
+                if not self.path.is_dir():
+                    raise OvchatError(
+                        f"could not load {self.path} for log-probabilities: the folder was moved or deleted after "
+                        "the model was loaded; load it again from where it is now"
+                    )
                 try:
                     self._scorer = Scorer.load(self.path, self.device, self._scorer_properties)
                 except Exception as error:
@@ -264,6 +282,30 @@ class Engine:
     ) -> Reply:
         """The whole reply at once: a join over :meth:`stream`."""
         return collect(self.stream(messages, settings, cancel))
+
+
+def _ir_problem(folder: Path) -> str | None:
+    """Why the IRs in ``folder`` cannot make a chat model, read by OpenVINO itself (the weights are mapped,
+    not loaded), or None: run after a load failed, whose own message names only a file of OpenVINO's sources
+    ("Check '!model->get_variables().empty()' failed at src/core/src/pass/sdpa_to_paged_attention.cpp")."""
+    import openvino as ov
+    import openvino_tokenizers  # noqa: F401  (registers the operations the tokenizer IRs use)
+
+    core = ov.Core()
+    for name in model_folder.IR_FILES:
+        try:
+            model = core.read_model(folder / name)
+        except Exception as error:
+            return f"{name} or its weights cannot be read ({first_line(error)}); export the model again"
+        if name == model_folder.IR_XML:
+            inputs = sorted(input_name for port in model.inputs for input_name in port.get_names())
+            # What export_ir.py makes: token ids in, and the KV cache kept in the model's state between calls.
+            if "input_ids" not in inputs or not model.get_variables():
+                return (
+                    f"{name} is not a text-generation model with a KV cache (its inputs: {', '.join(inputs)}); "
+                    "export a chat model with export_ir.py"
+                )
+    return None
 
 
 def _end_token_ids(backend: Backend, template: ChatTemplate) -> set[int]:

@@ -199,9 +199,12 @@ class StopCutter:
         self.pending += text
         if not self.stops:
             return self._release(len(self.pending)), False
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        # The stop string that ends first wins (the longer one if two end together), not the one that starts
+        # first: a reply streamed piece by piece stops as soon as one is complete, so a whole text fed at once
+        # must be cut at the same place. With stops "abcd" and "bc", "abcd" is cut after "a" either way.
+        hits = [(i + len(s), i) for s, i in ((s, self.pending.find(s)) for s in self.stops) if i >= 0]
         if hits:
-            visible = self.pending[: min(hits)]
+            visible = self._release(min(hits)[1])
             self.pending = ""
             return visible, True
         keep = max((_overlap(self.pending, s) for s in self.stops), default=0)

@@ -2,7 +2,9 @@
 
 The steps (load, convert, compress, save, check) run in a staging folder beside the
 output, which is renamed into place only after the check passed, so a failure or an
-interrupt never leaves a half-written model where the chat would pick it up.
+interrupt never leaves a half-written model where the chat would pick it up. A process
+killed outright (SIGKILL, a power cut) cannot remove its staging folder; the next export
+into the same folder does (:func:`clean_stale_exports`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -268,6 +271,47 @@ def smoke_reply(ir_dir: Path) -> dict[str, Any]:
     }
 
 
+# What an export leaves beside its output while it runs, named with its process id so that another process can
+# tell whether it is still running: the staging folder (tempfile.mkdtemp's random letters at the end), and the
+# export being replaced, kept until the new one is in place.
+_STAGING_NAME = re.compile(r"^\..+\.partial-(?P<pid>\d+)-[a-z0-9_]+$")
+_BACKUP_NAME = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
+
+
+def _process_running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # a zombie has ended; its parent has not looked
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # another user's process: running, and not ours to judge
+
+
+def clean_stale_exports(folder: Path) -> list[Path]:
+    """Remove what exports killed mid-way left in ``folder``: staging folders, and the backup of an export being
+    replaced, which is put back if the new export never took its place. Returns the paths cleaned.
+
+    Stale means the process id in the name no longer runs. Age cannot tell a stale staging folder from a running
+    export's (a 7B model's export runs for most of an hour); a reused process id only keeps a stale folder until
+    a later export. Folders on a disk shared by several machines are judged by this machine's processes."""
+    cleaned: list[Path] = []
+    if not folder.is_dir():
+        return cleaned
+    for entry in sorted(folder.iterdir()):
+        found = _STAGING_NAME.match(entry.name) or _BACKUP_NAME.match(entry.name)
+        if found is None or not entry.is_dir() or _process_running(int(found["pid"])):
+            continue
+        original = folder / found["name"] if "name" in found.groupdict() else None
+        if original is not None and not original.exists():
+            entry.rename(original)  # killed between its two renames: the replaced export is all there is
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+        cleaned.append(entry)
+    return cleaned
+
+
 def _move_into_place(staging: Path, output: Path, force: bool) -> None:
     if not output.exists():
         staging.rename(output)
@@ -314,6 +358,7 @@ def plan_export(
 
         gguf = inspect_gguf(resolved.path, keep_blocks=options.keeps_gguf_blocks)
     target = Path(output).expanduser().resolve() if output else default_output(resolved, options.weight_format)
+    clean_stale_exports(target.parent)  # first: a replaced export put back by it is one that exists
     if target.exists() and not force:
         raise OvchatError(f"{target} already exists; pass --force to replace it")
     return ExportPlan(resolved, target, options, force, gguf)
@@ -336,7 +381,7 @@ def execute_export(plan: ExportPlan, *, progress: ProgressCallback | None = None
     """Run the slow steps of a checked plan."""
     resolved, target, options = plan.source, plan.target, plan.options
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
     steps = _Steps(progress)
     started = time.perf_counter()
     keep_blocks = options.keeps_gguf_blocks

@@ -91,7 +91,8 @@ def read_prefs() -> dict[str, object]:
     """The saved page preferences; empty when the file is missing, unreadable or not a JSON object."""
     try:
         data = json.loads(prefs_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # ValueError covers malformed JSON and bytes that are not UTF-8
+    # ValueError covers malformed JSON and bytes that are not UTF-8; RecursionError, JSON nested too deeply.
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -14,6 +14,7 @@ Handles are read only when ``can_read()`` says a token is there: ``read()`` bloc
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import queue
 import signal
@@ -255,9 +256,15 @@ def run_in_child(connection: Any) -> None:
         folder, device, properties, scheduler, decoding = connection.recv()
         pipeline, max_running = load_pipeline(folder, device, properties, scheduler, decoding)
     except Exception as error:
-        connection.send(("failed", first_line(error)))
+        # The parent may have given up already (its own tokenizer failed to load, or it was stopped) and closed
+        # the pipe: then nobody is left to tell, and a traceback here would only clutter its terminal.
+        with contextlib.suppress(OSError):
+            connection.send(("failed", first_line(error)))
         return
-    connection.send(("ready", max_running))
+    try:
+        connection.send(("ready", max_running))
+    except OSError:
+        return  # the parent has gone while this process loaded
     inbox: queue.Queue[Any] = queue.Queue()
 
     def receive() -> None:

@@ -145,7 +145,7 @@ class _ChildLoop:
         except (EOFError, OSError):  # a child that crashes mid-load can reset the socket instead of closing it
             raise OvchatError(f"the model's scheduler process ended while loading ({self._ended()})") from None
         if status == "failed":
-            raise OvchatError(detail)
+            raise OvchatError(f"could not load {self.folder}: {detail}")
         return int(detail)
 
     def _ended(self) -> str:
