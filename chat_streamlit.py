@@ -30,6 +30,7 @@ from lab_streamlit import LANGUAGE_KEY, t
 from ovchat.chats import (
     ChatChanged,
     ConversationStore,
+    chat_file_name,
     chat_to_dict,
     chat_to_markdown,
     describe_reply,
@@ -56,6 +57,7 @@ from ovchat.i18n import (
     language_from_locale,
     remember_language,
 )
+from ovchat.lab import presets
 from ovchat.model_folder import export_summary, is_complete
 from ovchat.paths import data_home, models_dir
 from ovchat.settings import GenerationSettings
@@ -248,14 +250,17 @@ def manage_chat(chat_id: int) -> None:
             key=f"title_{chat_id}",
             on_change=lambda: rename_chat(chat_id, st.session_state[f"title_{chat_id}"]),
         )
-        name = "".join(c if c.isalnum() else "-" for c in title).strip("-")[:40] or "chat"
         document = json.dumps(chat_to_dict(messages, title), ensure_ascii=False, indent=2)
         st.download_button(
-            t("chat.download_json"), document, f"{name}.json", "application/json", use_container_width=True
+            t("chat.download_json"), document, chat_file_name(title), "application/json", use_container_width=True
         )
         markdown = chat_to_markdown(messages, title)
         st.download_button(
-            t("chat.download_markdown"), markdown, f"{name}.md", "text/markdown", use_container_width=True
+            t("chat.download_markdown"),
+            markdown,
+            chat_file_name(title, ".md"),
+            "text/markdown",
+            use_container_width=True,
         )
         if st.session_state.get("confirm_delete") == chat_id:
             st.warning(t("chat.confirm_delete"))
@@ -338,7 +343,8 @@ def remote_sidebar() -> tuple[RemoteEngine | None, str | None]:
 
 
 def model_sidebar() -> tuple[Path | None, str, str]:
-    folders = sorted(str(path) for path in models_dir().glob("*") if is_complete(path))
+    # Not a hidden name: an export in progress stages there, and a replaced export is kept there until it ends.
+    folders = sorted(str(path) for path in models_dir().glob("[!.]*") if is_complete(path))
     default = str(default_model_folder())
     configured = os.environ.get(MODEL_ENV)
     # Open the configured model, else the default one if exported (or if nothing is: the first
@@ -389,11 +395,12 @@ def sampling_sidebar(context_length: int) -> GenerationSettings:
     for field in PRESET_SLIDERS:
         st.session_state.setdefault(field, getattr(defaults, field))
     lab.preset_picker({field: field for field in PRESET_SLIDERS})
+    ranges = presets.PRESET_RANGES  # a preset outside them would break its slider, so presets are held to them
     temperature = st.slider(
-        t("chat.temperature"), 0.0, 2.0, step=0.05, help=t("chat.temperature_help"), key="temperature"
+        t("chat.temperature"), *ranges["temperature"], step=0.05, help=t("chat.temperature_help"), key="temperature"
     )
-    top_p = st.slider(t("chat.top_p"), 0.05, 1.0, step=0.05, help=t("chat.top_p_help"), key="top_p")
-    top_k = st.slider(t("chat.top_k"), 0, 200, step=1, help=t("chat.top_k_help"), key="top_k")
+    top_p = st.slider(t("chat.top_p"), *ranges["top_p"], step=0.05, help=t("chat.top_p_help"), key="top_p")
+    top_k = st.slider(t("chat.top_k"), *map(int, ranges["top_k"]), step=1, help=t("chat.top_k_help"), key="top_k")
     # The reply must fit the context together with the prompt, so the slider stops at half of it.
     longest = max(16, min(4096, context_length // 2) // 16 * 16)
     max_new_tokens = st.slider(
@@ -408,8 +415,7 @@ def sampling_sidebar(context_length: int) -> GenerationSettings:
     with st.expander(t("chat.advanced")):
         repetition_penalty = st.slider(
             t("chat.repetition_penalty"),
-            1.0,
-            2.0,
+            *ranges["repetition_penalty"],
             step=0.05,
             help=t("chat.repetition_penalty_help"),
             key="repetition_penalty",

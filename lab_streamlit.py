@@ -106,9 +106,13 @@ def save_preset_form(settings: GenerationSettings) -> None:
                 st.success(t("lab.preset_saved", name=name.strip()))
         chosen = st.session_state.get(preset_key())
         if chosen and chosen not in presets.BUILT_IN_PRESETS and st.button(t("lab.preset_delete"), key="preset_del"):
-            presets.delete_preset(chosen)
-            st.session_state.pop(preset_key(), None)
-            st.rerun()
+            try:
+                presets.delete_preset(chosen)
+            except (OvchatError, OSError) as error:
+                st.error(t("lab.preset_failed", detail=str(error)))
+            else:
+                st.session_state.pop(preset_key(), None)
+                st.rerun()
 
 
 def probabilities_toggle() -> int | None:

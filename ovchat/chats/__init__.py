@@ -1,7 +1,7 @@
 """Saved chats: the SQLite store the page uses, chat files (JSON and Markdown), and recording a
 streamed reply into the store."""
 
-from ovchat.chats.files import chat_to_dict, chat_to_markdown, load_chat, parse_chat, save_chat
+from ovchat.chats.files import chat_file_name, chat_to_dict, chat_to_markdown, load_chat, parse_chat, save_chat
 from ovchat.chats.recording import describe_reply, reply_logprobs, reply_meta, stream_into_store
 from ovchat.chats.store import ChatChanged, Conversation, ConversationInfo, ConversationStore, StoredMessage
 
@@ -11,6 +11,7 @@ __all__ = [
     "ConversationInfo",
     "ConversationStore",
     "StoredMessage",
+    "chat_file_name",
     "chat_to_dict",
     "chat_to_markdown",
     "describe_reply",

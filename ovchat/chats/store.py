@@ -28,7 +28,7 @@ from typing import Any, Literal, cast
 from ovchat.chats.schema import MIGRATIONS, statements
 from ovchat.errors import OvchatError
 from ovchat.paths import data_home
-from ovchat.prompt import Message, check_message_list
+from ovchat.prompt import Message, check_message_list, unicode_problem
 
 STORE_FILE = "chats.sqlite3"
 DEFAULT_TITLE = "New chat"
@@ -158,6 +158,8 @@ class ConversationStore:
 
     def create(self, title: str = DEFAULT_TITLE, system_prompt: str = "") -> int:
         """A new empty chat, first in the list; its id. A blank title becomes the default one."""
+        _check_text("the title", title)
+        _check_text("the system prompt", system_prompt)
         title = _one_line(title) or DEFAULT_TITLE
         now = time.time()
         with self._connect(write=True) as connection:
@@ -207,6 +209,7 @@ class ConversationStore:
         Here and in every method that changes a chat, ``expected_revision`` (the revision the caller's view
         of the chat has) makes the change conditional: if the chat has another revision, ChatChanged is
         raised and nothing is written."""
+        _check_text("the title", title)
         clean = _one_line(title)
         if not clean:
             raise OvchatError("a chat's title cannot be empty")
@@ -223,8 +226,7 @@ class ConversationStore:
             connection.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
     def set_system_prompt(self, conversation_id: int, text: str, expected_revision: int | None = None) -> None:
-        if not isinstance(text, str):
-            raise OvchatError("the system prompt must be text")
+        _check_text("the system prompt", text)
         with self._connect(write=True) as connection:
             _touch(connection, conversation_id, expected_revision)
             connection.execute("UPDATE conversations SET system_prompt = ? WHERE id = ?", (text, conversation_id))
@@ -245,8 +247,7 @@ class ConversationStore:
                 f"a saved message's role must be user or assistant, not {role!r}; "
                 "the system prompt is a setting of the chat"
             )
-        if not isinstance(content, str):
-            raise OvchatError("a message's content must be text")
+        _check_text("a message's content", content)
         meta_json = _meta_json(meta or {})
         with self._connect(write=True) as connection:
             _touch(connection, conversation_id, expected_revision)
@@ -260,8 +261,7 @@ class ConversationStore:
 
     def update_message(self, message_id: int, content: str, meta: dict[str, Any] | None = None) -> None:
         """Replace a message's text, and its meta unless ``meta`` is None (then the old one stays)."""
-        if not isinstance(content, str):
-            raise OvchatError("a message's content must be text")
+        _check_text("a message's content", content)
         meta_json = None if meta is None else _meta_json(meta)
         with self._connect(write=True) as connection:
             row = connection.execute("SELECT conversation_id FROM messages WHERE id = ?", (message_id,)).fetchone()
@@ -300,6 +300,7 @@ class ConversationStore:
         system_prompt = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         turns = [m for m in messages if m["role"] != "system"]
         first_user = next((m["content"] for m in turns if m["role"] == "user"), "")
+        _check_text("the title", title or "")
         clean_title = _one_line(title or "") or title_from(first_user)
         now = time.time()
         with self._connect(write=True) as connection:
@@ -427,6 +428,15 @@ def _check_schema_version(path: Path, version: int) -> None:
 def _cannot_write(error: sqlite3.Error) -> bool:
     """SQLite's errors for a file it may not write or whose WAL index it cannot create."""
     return (getattr(error, "sqlite_errorname", "") or "").startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY"))
+
+
+def _check_text(what: str, text: object) -> None:
+    """Text SQLite can store as UTF-8: a str with no lone surrogates (what a message is checked for too)."""
+    if not isinstance(text, str):
+        raise OvchatError(f"{what} must be text")
+    problem = unicode_problem(text)
+    if problem:
+        raise OvchatError(f"{what} is not valid Unicode text: {problem}")
 
 
 def _one_line(text: str) -> str:
