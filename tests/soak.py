@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sqlite3
 import sys
 import tempfile
@@ -65,6 +66,7 @@ QUESTIONS = [
 ]  # fmt: skip
 PAGE_PROMPTS = ["Hello!", "Tell me a fact about cats.", "And one about dogs?", "Thank you.", "Goodbye."]
 SAMPLE_EVERY_S = 0.5
+FINISHED = re.compile(r"\d+ tokens")  # the line under a finished reply on the page
 
 
 @dataclass
@@ -164,7 +166,8 @@ def page_session(index: int, args: argparse.Namespace, page_url: str, deadline: 
                 prompt = f"[tab {index}] {PAGE_PROMPTS[turn % len(PAGE_PROMPTS)]}"
                 try:
                     reply = send(tab, prompt)
-                    expect(reply.locator(CAPTION).filter(has_text="tok/s")).to_be_visible(timeout=REPLY_MS)
+                    # "N tokens" ends every finished reply's line; "tok/s" is missing from a one-token reply's.
+                    expect(reply.locator(CAPTION).filter(has_text=FINISHED)).to_be_visible(timeout=REPLY_MS)
                 except Exception as error:
                     with out.lock:
                         out.errors.append(f"page tab {index} turn {turn}: {type(error).__name__}: {error}")

@@ -209,12 +209,21 @@ class GenaiDetokenizer:
         return self._running  # cancelling is the generation loop's business
 
     def feed(self, token_ids: list[int]) -> str:
-        self._decoder.write(token_ids)
+        self._pass_on(self._decoder.write, token_ids)
         return self._drain()
 
     def end(self) -> str:
-        self._decoder.end()
+        self._pass_on(self._decoder.end)
         return self._drain()
+
+    def _pass_on(self, call: Any, *args: Any) -> None:
+        """Call the streamer; text it cannot hand over becomes U+FFFD. A model may end its reply, or put, any
+        byte anywhere: on end() the streamer hands over what it held back as is, and bytes that are not UTF-8
+        fail in pybind's conversion to str (seen on the tiny random model: "can't decode byte 0xf7")."""
+        try:
+            call(*args)
+        except UnicodeDecodeError:
+            self._pieces.append("\ufffd")
 
     def _drain(self) -> str:
         text, self._pieces = "".join(self._pieces), []
