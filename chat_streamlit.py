@@ -519,11 +519,12 @@ def resend_edit(chat_id: int) -> None:
     st.session_state.pop("editing", None)
     if not text or last_user is None:
         return
-    if not change_chat(chat_id, lambda revision: store().truncate(chat_id, last_user, expected_revision=revision)):
-        st.session_state[NOTICE_KEY] += " " + t("chat.edit_kept", text=text)  # the edit is not lost
-        return
-    if change_chat(chat_id, lambda revision: store().add_message(chat_id, "user", text, expected_revision=revision)):
+    cut = lambda revision: store().truncate(chat_id, last_user, expected_revision=revision)  # noqa: E731
+    add = lambda revision: store().add_message(chat_id, "user", text, expected_revision=revision)  # noqa: E731
+    if change_chat(chat_id, cut) and change_chat(chat_id, add):
         st.session_state.generate = True
+    else:  # refused, or the store failed: the edit's text is shown, not lost
+        st.session_state[NOTICE_KEY] += " " + t("chat.edit_kept", text=text)
 
 
 def chat_actions(chat_id: int) -> None:
