@@ -4,6 +4,7 @@ tests of the page (test_browser.py) and of the lean install (test_lean_install.p
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ovchat.paths import HOME_ENV
 from ovchat.server.process import ServerProcess, free_port
 
 if TYPE_CHECKING:
@@ -73,6 +75,19 @@ def set_temperature_to_zero(page: Page, label: str = "Temperature") -> None:
     page.get_by_role("slider", name=label).press("Home", timeout=MODEL_LOAD_MS)  # shown once loaded
     slider = page.locator('[data-testid="stSlider"]').filter(has_text=label)
     slider.locator('[data-testid="stSliderThumbValue"]').filter(has_text="0.00").wait_for()
+
+
+def default_model_page_env(default_model_home: Path, folder: Path) -> tuple[Path, dict[str, str]]:
+    """A data folder ``folder/home`` whose models link to the already exported default model (so the page
+    starts without exporting, and its chats stay out of the session's shared home), and the environment that
+    opens the page on that local model whatever the caller's environment names; the folder and the env."""
+    home = folder / "home"
+    home.mkdir()
+    (home / "models").symlink_to(default_model_home / "models", target_is_directory=True)
+    env = {**os.environ, HOME_ENV: str(home)}
+    for name in ("OVCHAT_MODEL", "OVCHAT_ENDPOINT", "OVCHAT_API_KEY"):
+        env.pop(name, None)
+    return home, env
 
 
 def chat_page_server(folder: Path, env: Mapping[str, str], port: int | None = None) -> ServerProcess:

@@ -21,14 +21,13 @@ from browsing import (
     MODEL_LOAD_MS,
     REPLY_MS,
     chat_page_server,
+    default_model_page_env,
     reply_text,
     send,
     set_temperature_to_zero,
     stop_button,
     wait_for_text,
 )
-
-from ovchat.paths import HOME_ENV
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -49,12 +48,7 @@ def chat_server(default_model_home: Path, tmp_path_factory: pytest.TempPathFacto
     while the chats the page saves stay out of the session's shared default_model_home.
     """
     folder = tmp_path_factory.mktemp("browser")
-    home = folder / "home"
-    home.mkdir()
-    (home / "models").symlink_to(default_model_home / "models", target_is_directory=True)
-    env = {**os.environ, HOME_ENV: str(home)}
-    for name in ("OVCHAT_MODEL", "OVCHAT_ENDPOINT", "OVCHAT_API_KEY"):  # the local default model, whatever is set
-        env.pop(name, None)
+    _, env = default_model_page_env(default_model_home, folder)
     with chat_page_server(folder, env) as server:
         yield server.url
 

@@ -27,6 +27,7 @@ from browsing import (
     MODEL_LOAD_MS,
     REPLY_MS,
     chat_page_server,
+    default_model_page_env,
     reply_text,
     send,
     set_temperature_to_zero,
@@ -85,12 +86,7 @@ def test_a_page_killed_mid_reply_keeps_every_turn_and_the_restarted_page_goes_on
 ) -> None:
     from playwright.sync_api import expect
 
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "models").symlink_to(default_model_home / "models", target_is_directory=True)
-    env = {**os.environ, HOME_ENV: str(home)}
-    for name in ("OVCHAT_MODEL", "OVCHAT_ENDPOINT", "OVCHAT_API_KEY"):
-        env.pop(name, None)
+    home, env = default_model_page_env(default_model_home, tmp_path)
     store = ConversationStore(home / STORE_FILE)
     port = free_port()
     context = browser.new_context(viewport={"width": 1280, "height": 900})
