@@ -123,6 +123,18 @@ def slope_mb_per_min(samples: list[tuple[float, float]], after: float) -> float 
     return float(np.polyfit((times - times[0]) / 60, values, 1)[0])
 
 
+def kv_cache_limit_bytes(url: str) -> float:
+    """What the server says its KV cache may take (0: it grows with the replies being made)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name == "ovchat_kv_cache_limit_bytes":
+                return sample.value
+    raise RuntimeError(f"{url}/metrics has no ovchat_kv_cache_limit_bytes")
+
+
 def ask(client: Any, model: str, question: str, max_tokens: int) -> str:
     stream = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0.0,
@@ -217,10 +229,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     serve = [
         sys.executable, "-m", "ovchat.cli", "serve", "--model", str(model_folder), "--port", str(port),
         "--model-name", "soak", "--parallel", str(args.parallel),
+        *(["--kv-cache", str(args.kv_cache)] if args.kv_cache is not None else []),
     ]  # fmt: skip
     with ServerProcess("serve", serve, port, work / "logs", env=env, start_timeout_s=300) as server:
         import openai
 
+        kv_cache_gb = kv_cache_limit_bytes(server.url) / 2**30
         alone_client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="soak", max_retries=0, timeout=600)
         questions = sorted(
             {QUESTIONS[(c + t) % len(QUESTIONS)] for c in range(args.clients) for t in range(args.turns)}
@@ -279,7 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": str(model_folder),
         "clients": args.clients, "turns": args.turns, "page_sessions": args.page_sessions,
         "page_turns": args.page_turns, "max_tokens": args.max_tokens, "parallel": args.parallel,
-        "time_limit_s": args.time_limit,
+        "kv_cache_gb": kv_cache_gb, "time_limit_s": args.time_limit,
         "duration_s": round(duration, 1),
         "api_requests": {"asked": args.clients * args.turns, "answered": len(out.replies), "exact_as_alone": exact},
         "page_turns_done": out.page_turns,
@@ -301,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-turns", type=int, default=4, help="prompts per tab (default 4)")
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens per reply at most (default 48)")
     parser.add_argument("--parallel", type=int, default=4, help="`ovchat serve --parallel` (default 4)")
+    parser.add_argument("--kv-cache", type=int, metavar="GB", help="`ovchat serve --kv-cache` (default: the server's)")
     parser.add_argument("--time-limit", type=float, default=900, help="no new request after this many s (900)")
     parser.add_argument("--json", type=Path, help="write the report here (default $OVCHAT_HOME/bench/soak-*.json)")
     args = parser.parse_args(argv)
@@ -317,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         ["errors", str(len(report["errors"]))],
         ["mixed replies", str(len(report["mixed_replies"]))],
         ["duration s", f"{report['duration_s']:.1f}"],
+        ["server KV cache GB", f"{report['kv_cache_gb']:g}" + ("" if report["kv_cache_gb"] else " (grows with use)")],
     ]
     for name, figures in report["memory"].items():
         slope = figures["slope_after_warm_up_mb_per_min"]

@@ -153,6 +153,50 @@ def test_the_kv_cache_is_sized_from_the_model_and_the_free_memory() -> None:
     assert tight.cache_size == 1  # a quarter of 4 GB, never less than 1 GB
 
 
+def test_the_engine_reports_its_kv_cache_and_a_growing_one_gives_the_same_replies(
+    tiny_irs: dict[str, Path], alone: dict
+) -> None:
+    """The sized cache is what ``ovchat serve`` reports; ``cache_size`` 0 is openvino-genai's cache that grows
+    with the replies being made (``--kv-cache 0``), which must not change a reply."""
+    import psutil
+
+    from ovchat.engine.backends.batch_scheduler import scheduler_config
+    from ovchat.model_folder import read_model_configs
+
+    sized = Engine.load(tiny_irs["fp16"], use_cache_dir=False, backend="batched")
+    expected = scheduler_config(read_model_configs(tiny_irs["fp16"])[0], psutil.virtual_memory().available)
+    assert sized.backend.kv_cache_gb == expected.cache_size >= 1
+    growing = small_engine(tiny_irs["fp16"], cache_size=0)
+    assert growing.backend.kv_cache_gb == 0
+    replies = at_once(lambda text: growing.generate(chat(text), GREEDY), PROMPTS, 120)
+    for text, reply in replies.items():
+        assert (reply.text, reply.stats.new_tokens, reply.stats.finish_reason) == alone[text], text
+
+
+@pytest.mark.parametrize(
+    ("argv", "outcome"),
+    [
+        pytest.param([], None, id="default"),
+        pytest.param(["--kv-cache", "3"], {"scheduler": {"cache_size": 3}}, id="sized"),
+        pytest.param(
+            ["--kv-cache", "0", "--parallel", "2"], {"scheduler": {"max_num_seqs": 2, "cache_size": 0}}, id="growing"
+        ),
+        pytest.param(["--kv-cache", "-1"], "--kv-cache must be in 0-4096 GB, not -1", id="negative"),
+        pytest.param(["--backend", "genai", "--kv-cache", "1"], "--kv-cache set the batched loop", id="genai-loop"),
+    ],
+)
+def test_serve_passes_kv_cache_to_the_scheduler(argv: list[str], outcome: dict | str | None) -> None:
+    from ovchat.cli import build_parser
+    from ovchat.server.command import engine_options
+
+    args = build_parser().parse_args(["serve", *argv])
+    if isinstance(outcome, str):
+        with pytest.raises(OvchatError, match=outcome):
+            engine_options(args)
+    else:
+        assert engine_options(args) == outcome
+
+
 def test_a_script_without_a_main_guard_loads_the_batched_engine(
     tiny_irs: dict[str, Path], alone: dict, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -62,9 +63,10 @@ def client(server: ServerProcess) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def one_slot(default_model_ir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One reply at a time, at most two requests in the server, and an API key."""
+    """One reply at a time, at most two requests in the server, an API key, and a KV cache that grows with
+    the replies being made."""
     home = tmp_path_factory.mktemp("serve-one-slot")
-    flags = ("--parallel", "1", "--max-requests", "2", "--api-key", KEY)
+    flags = ("--parallel", "1", "--max-requests", "2", "--api-key", KEY, "--kv-cache", "0")
     with serve(default_model_ir, home, "serve-one-slot", *flags) as process:
         yield process
 
@@ -358,6 +360,15 @@ def test_metrics_parse_and_move(client: openai.OpenAI, server: ServerProcess) ->
     assert moved("ovchat_time_per_output_token_seconds_count") == 1
     assert after[("ovchat_requests_active", ())] == 0
     assert 0 <= after[("ovchat_kv_cache_usage_percent", ())] <= 100
+
+
+def test_the_kv_cache_limit_is_told_at_start_and_in_the_metrics(server: ServerProcess, one_slot: ServerProcess) -> None:
+    told = re.search(r"KV cache (\d+) GB: the server's memory grows by up to that", server.stderr_log.read_text())
+    assert told is not None, server.stderr_log.read_text()
+    assert int(told.group(1)) >= 1
+    assert metrics(server)[("ovchat_kv_cache_limit_bytes", ())] == int(told.group(1)) * 2**30
+    assert "the KV cache grows with the replies being made (--kv-cache 0)" in one_slot.stderr_log.read_text()
+    assert metrics(one_slot)[("ovchat_kv_cache_limit_bytes", ())] == 0
 
 
 # -- the command's own checks ----------------------------------------------------------------------

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 API_KEY_ENV = "OVCHAT_API_KEY"
 MAX_WRITE_TIMEOUT_S = 86400  # a day: a client silent for longer is gone
+MAX_KV_CACHE_GB = 4096
 
 
 def add_arguments(serve: argparse.ArgumentParser) -> None:
@@ -44,6 +45,13 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
         type=int,
         help="replies the batched loop generates at once; more wait their turn (default: the loop's own)",
     )
+    serve.add_argument(
+        "--kv-cache", type=int, metavar="GB",
+        help="memory for the KV cache, which keeps finished replies' keys and values so that a chat's next turn "
+        "reads only its new message; the server's memory grows by up to this as it fills, then stays. "
+        "0: only what the replies being made need (less memory, fewer turns reused) "
+        "(default: room for --parallel replies of the model's context, at most a quarter of free memory)",
+    )  # fmt: skip
     serve.add_argument(
         "--batch-loop",
         choices=BATCH_LOOPS,
@@ -74,14 +82,21 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
 def engine_options(args: argparse.Namespace) -> dict[str, Any] | None:
     """OpenVINO and scheduler options for the engine the server loads."""
     options: dict[str, Any] = {}
+    scheduler: dict[str, int] = {}
     if args.parallel is not None:
         if args.parallel < 1:
             raise OvchatError(f"--parallel must be at least 1, not {args.parallel}")
-        options[SCHEDULER_OPTION] = {"max_num_seqs": args.parallel}
+        scheduler["max_num_seqs"] = args.parallel
+    if args.kv_cache is not None:
+        if not 0 <= args.kv_cache <= MAX_KV_CACHE_GB:
+            raise OvchatError(f"--kv-cache must be in 0-{MAX_KV_CACHE_GB} GB, not {args.kv_cache}")
+        scheduler["cache_size"] = args.kv_cache  # with no block count, 0 is openvino-genai's growing cache
+    if scheduler:
+        options[SCHEDULER_OPTION] = scheduler
     if args.batch_loop is not None:
         options[BATCH_LOOP_OPTION] = args.batch_loop
     if options and args.backend != "batched":
-        given = (("--parallel", args.parallel), ("--batch-loop", args.batch_loop))
+        given = (("--parallel", args.parallel), ("--kv-cache", args.kv_cache), ("--batch-loop", args.batch_loop))
         flags = " and ".join(flag for flag, value in given if value is not None)
         raise OvchatError(f"{flags} set the batched loop; the {args.backend} loop makes one reply at a time")
     return options or None
@@ -146,19 +161,28 @@ def run(args: argparse.Namespace, folder: Path, load: Callable[[], Engine]) -> i
     failure: list[str] = []
     server: uvicorn.Server | None = None
 
+    loaded: list[Engine] = []
+
+    def load_and_keep() -> Engine:
+        loaded.append(load())
+        return loaded[0]
+
     def on_ready(error: str | None) -> None:
         if error is None:
             print(
                 f"ovchat serve: ready: http://{args.host}:{args.port}/v1 serving {model}", file=sys.stderr, flush=True
             )
+            if (cache := kv_cache_line(loaded[0])) is not None:
+                print(f"ovchat serve: {cache}", file=sys.stderr, flush=True)
             return
         failure.append(error)
         if server is not None:
             server.should_exit = True
 
     app = create_app(
-        load, model, api_key=api_key, max_requests=args.max_requests, on_ready=on_ready, cors_origins=args.cors_origin
-    )
+        load_and_keep, model, api_key=api_key, max_requests=args.max_requests, on_ready=on_ready,
+        cors_origins=args.cors_origin,
+    )  # fmt: skip
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     print(f"ovchat serve: loading {folder.name}; http://{args.host}:{args.port}/health says when it is ready",
@@ -167,6 +191,19 @@ def run(args: argparse.Namespace, folder: Path, load: Callable[[], Engine]) -> i
     if failure:
         raise OvchatError(failure[0])
     return 0
+
+
+def kv_cache_line(engine: Engine) -> str | None:
+    """What the batched loop's KV cache may take, for whoever watches the server's memory."""
+    size = getattr(engine.backend, "kv_cache_gb", None)
+    if size is None:
+        return None
+    if size == 0:
+        return "the KV cache grows with the replies being made (--kv-cache 0)"
+    return (
+        f"KV cache {size} GB: the server's memory grows by up to that as finished replies are kept for reuse, "
+        "then stays (--kv-cache sets it)"
+    )
 
 
 def drop_stalled_clients(listener: socket.socket, timeout_s: float) -> None:

@@ -39,6 +39,9 @@ class ServerMetrics:
         self.running = Gauge("ovchat_requests_running", "Requests the batched loop is generating", registry=r)
         self.waiting = Gauge("ovchat_requests_waiting", "Requests waiting for a slot in the batched loop", registry=r)
         self.kv_cache = Gauge("ovchat_kv_cache_usage_percent", "Share of the KV cache in use", registry=r)
+        self.kv_cache_limit = Gauge(
+            "ovchat_kv_cache_limit_bytes", "Memory the KV cache may take (0: it grows with the replies)", registry=r
+        )
 
     def finished(self, endpoint: str, stats: ReplyStats) -> None:
         self.requests.labels(endpoint=endpoint, finish=stats.finish_reason).inc()
@@ -57,4 +60,7 @@ class ServerMetrics:
             self.running.set(figures.running)
             self.waiting.set(figures.waiting)
             self.kv_cache.set(figures.cache_usage_percent)
+        limit_gb = getattr(getattr(engine, "backend", None), "kv_cache_gb", None)
+        if limit_gb is not None:
+            self.kv_cache_limit.set(limit_gb * 2**30)
         return generate_latest(self.registry)

@@ -76,20 +76,30 @@ def scheduler_config(
     return scheduler
 
 
+@dataclass(frozen=True)
+class PipelineSize:
+    """What the loaded pipeline holds: ``max_running`` replies at once, and a KV cache of ``kv_cache_gb``
+    (0: it grows with the replies being made; None: set as a block count)."""
+
+    max_running: int
+    kv_cache_gb: int | None
+
+
 def load_pipeline(
     folder: Path,
     device: str,
     properties: Mapping[str, Any],
     scheduler: Mapping[str, Any],
     decoding: Decoding = PLAIN_DECODING,
-) -> Any:
+) -> tuple[Any, PipelineSize]:
     import psutil
 
     options = dict(properties)
     options.pop("ATTENTION_BACKEND", None)  # continuous batching is PagedAttention
     options.update(decoding_properties(decoding, device))
     sized = scheduler_config(read_model_configs(folder)[0], psutil.virtual_memory().available, scheduler)
-    return openvino_genai.ContinuousBatchingPipeline(str(folder), sized, device, options), sized.max_num_seqs
+    pipeline = openvino_genai.ContinuousBatchingPipeline(str(folder), sized, device, options)
+    return pipeline, PipelineSize(sized.max_num_seqs, None if sized.num_kv_blocks else sized.cache_size)
 
 
 @dataclass(frozen=True)
@@ -248,13 +258,13 @@ class Scheduler:
 
 def run_in_child(connection: Any) -> None:
     """The child process's whole life: read what to load, load the pipeline, say
-    ``("ready", max_running)`` or ``("failed", message)``, then run the scheduler on what the parent
+    ``("ready", PipelineSize)`` or ``("failed", message)``, then run the scheduler on what the parent
     sends until the parent goes away (the pipe closes)."""
     # Ctrl-C reaches the whole process group; the parent decides when this process ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         folder, device, properties, scheduler, decoding = connection.recv()
-        pipeline, max_running = load_pipeline(folder, device, properties, scheduler, decoding)
+        pipeline, size = load_pipeline(folder, device, properties, scheduler, decoding)
     except Exception as error:
         # The parent may have given up already (its own tokenizer failed to load, or it was stopped) and closed
         # the pipe: then nobody is left to tell, and a traceback here would only clutter its terminal.
@@ -262,7 +272,7 @@ def run_in_child(connection: Any) -> None:
             connection.send(("failed", first_line(error)))
         return
     try:
-        connection.send(("ready", max_running))
+        connection.send(("ready", size))
     except OSError:
         return  # the parent has gone while this process loaded
     inbox: queue.Queue[Any] = queue.Queue()
@@ -288,7 +298,7 @@ def run_in_child(connection: Any) -> None:
         except OSError:  # the parent has gone
             inbox.put(SHUTDOWN)
 
-    Scheduler(pipeline, max_running, decoding).run(inbox, send)
+    Scheduler(pipeline, size.max_running, decoding).run(inbox, send)
 
 
 def child_main() -> None:

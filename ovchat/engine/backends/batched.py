@@ -47,6 +47,7 @@ from ovchat.engine.backends.batch_scheduler import (
     BatchedMetrics,
     Item,
     Job,
+    PipelineSize,
     Scheduler,
     Stop,
     load_pipeline,
@@ -85,7 +86,7 @@ class _ThreadLoop:
     def __init__(
         self, folder: Path, device: str, options: dict[str, Any], scheduler: dict[str, Any], decoding: Decoding
     ) -> None:
-        self.pipeline, self.max_running = load_pipeline(folder, device, options, scheduler, decoding)
+        self.pipeline, self.size = load_pipeline(folder, device, options, scheduler, decoding)
         self.decoding = decoding
         self._inbox: queue.Queue[Any] = queue.Queue()
 
@@ -93,7 +94,7 @@ class _ThreadLoop:
         return self.pipeline.get_tokenizer()
 
     def start(self, deliver: Deliver, fail: Fail) -> None:
-        loop = Scheduler(self.pipeline, self.max_running, self.decoding)
+        loop = Scheduler(self.pipeline, self.size.max_running, self.decoding)
         thread = threading.Thread(target=loop.run, args=(self._inbox, deliver), name="ovchat-scheduler", daemon=True)
         thread.start()
 
@@ -130,12 +131,12 @@ class _ChildLoop:
             self._connection.send((folder, device, options, scheduler, decoding))
             # This process's tokenizer compiles while the child loads the model, not after it.
             self._tokenizer = openvino_genai.Tokenizer(str(folder))
-            self.max_running = self._await_load()
+            self.size = self._await_load()
         except BaseException:
             self.close()
             raise
 
-    def _await_load(self) -> int:
+    def _await_load(self) -> PipelineSize:
         if not self._connection.poll(_CHILD_LOAD_TIMEOUT_S):
             raise OvchatError(
                 f"the model's scheduler process did not load {self.folder} in {_CHILD_LOAD_TIMEOUT_S:.0f} s"
@@ -146,7 +147,7 @@ class _ChildLoop:
             raise OvchatError(f"the model's scheduler process ended while loading ({self._ended()})") from None
         if status == "failed":
             raise OvchatError(f"could not load {self.folder}: {detail}")
-        return int(detail)
+        return detail
 
     def _ended(self) -> str:
         try:
@@ -202,6 +203,9 @@ class BatchedBackend(GenaiPipelineBackend):
         self._replies_lock = threading.Lock()
         self._metrics = IDLE
         self._broken: OvchatError | None = None
+        # GB the KV cache may take (0: it grows with the replies being made). Prefix caching keeps
+        # finished replies' blocks until the cache is full, so the process's memory grows by up to this.
+        self.kv_cache_gb = loop.size.kv_cache_gb
         self.close = weakref.finalize(self, loop.close)
         loop.start(_weakly(self._deliver), _weakly(self._fail_all))
 
