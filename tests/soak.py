@@ -284,7 +284,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "peak_mb": round(max(values), 1) if values else None,
             "final_mb": round(values[-1], 1) if values else None,
             "slope_after_warm_up_mb_per_min": slope_mb_per_min(samples, warm_up_end),
+            # A cache that fills (the server's KV cache) shows as growth that stops: flat here once it is full.
+            "slope_second_half_mb_per_min": slope_mb_per_min(samples, started + duration / 2),
             "samples": len(values),
+            "every_10_s": [
+                [round(t - started, 1), round(mb, 1)] for t, mb in samples[:: max(1, round(10 / SAMPLE_EVERY_S))]
+            ],
         }
     distinct = len(set(alone.values())) == len(alone)
     return {
@@ -339,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([f"{name} MB start / peak / final", f"{figures['start_mb']} / {figures['peak_mb']} / "
                      f"{figures['final_mb']}"])  # fmt: skip
         rows.append([f"{name} MB/min after warm-up", "-" if slope is None else f"{slope:+.2f}"])
+        late = figures["slope_second_half_mb_per_min"]
+        rows.append([f"{name} MB/min in the second half", "-" if late is None else f"{late:+.2f}"])
     rows.append(["store", f"{report['store']['integrity']}, {report['store']['turns']} turns, "
                  f"{len(report['store']['problems'])} problems"])  # fmt: skip
     rows.append(["alive after", ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in report["alive_after"].items())])
