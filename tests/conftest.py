@@ -157,6 +157,14 @@ def default_engine(default_model_ir: Path) -> Engine:
     return Engine.load(default_model_ir)
 
 
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_irs: dict[str, Path]) -> Engine:
+    """The tiny model's int8 IR on the default loop, one per test module."""
+    from ovchat.engine import Engine
+
+    return Engine.load(tiny_irs["int8"])
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 

@@ -105,13 +105,8 @@ FOLDER_CASES: list[tuple[str, Callable[[Path], None], str]] = [
 
 
 @pytest.fixture(scope="module")
-def good_engine(tiny_irs: dict[str, Path]) -> Engine:
-    return Engine.load(tiny_irs["int8"])
-
-
-@pytest.fixture(scope="module")
-def good_reply(good_engine: Engine) -> Reply:
-    return good_engine.generate(HELLO, GREEDY)
+def good_reply(tiny_engine: Engine) -> Reply:
+    return tiny_engine.generate(HELLO, GREEDY)
 
 
 def damaged_copy(tiny_irs: dict[str, Path], tmp_path: Path, damage: Callable[[Path], None]) -> Path:
@@ -128,7 +123,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def test_a_damaged_model_folder_gets_one_line(
     tiny_irs: dict[str, Path],
     tmp_path: Path,
-    good_engine: Engine,
+    tiny_engine: Engine,
     good_reply: Reply,
     damage: Callable[[Path], None],
     message: str,
@@ -141,7 +136,7 @@ def test_a_damaged_model_folder_gets_one_line(
     assert text.startswith(f"{folder} ") or text.startswith(f"could not load {folder}: "), text
     assert message in text and "\n" not in text, text
     assert snapshot(folder) == before  # loading writes nothing into the folder
-    assert good_engine.generate(HELLO, GREEDY).text == good_reply.text
+    assert tiny_engine.generate(HELLO, GREEDY).text == good_reply.text
 
 
 def text_files(folder: Path) -> None:

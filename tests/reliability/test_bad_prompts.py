@@ -46,11 +46,6 @@ ENGINE_CASES: list[tuple[str, str, str | None]] = [
 
 
 @pytest.fixture(scope="module")
-def tiny_engine(tiny_irs: dict[str, Path]) -> Engine:
-    return Engine.load(tiny_irs["int8"])
-
-
-@pytest.fixture(scope="module")
 def normal_reply(tiny_engine: Engine) -> Reply:
     """The greedy reply to a normal prompt before any bad one: every row must leave the engine giving it."""
     return tiny_engine.generate(NORMAL, GREEDY)

@@ -106,11 +106,6 @@ def test_a_setting_at_its_bound_is_accepted(changes: dict[str, object]) -> None:
     assert getattr(GenerationSettings().with_changes(**changes), field) == expected
 
 
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_irs: dict[str, Path]) -> Engine:
-    return Engine.load(tiny_irs["int8"])
-
-
 @pytest.mark.parametrize(
     ("max_new_tokens", "message"),
     [
